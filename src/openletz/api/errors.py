@@ -1,0 +1,83 @@
+"""Every error leaves as ``{"statusCode", "message", "error"}``, the hosted API's shape.
+
+Validation failures are 400 (never 422) with a message naming the field and the
+rule; nothing a client sends can produce a 500 with internals in it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from http import HTTPStatus
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException
+from starlette.responses import Response
+
+from openletz.api.responses import JSON
+
+log = logging.getLogger(__name__)
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.headers = headers
+
+
+def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
+    phrase = HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else "Error"
+    return JSON({"statusCode": status, "message": message, "error": phrase}, status, headers)
+
+
+def _field(loc: Sequence[int | str]) -> str:
+    parts = [str(p) for p in loc[1:] if not str(p).startswith("function-")]
+    return ".".join(parts) or str(loc[0])
+
+
+def describe_validation(errors: Sequence[Any]) -> str:
+    """One readable sentence per problem, joined: ``width must be an integer from …``."""
+    messages: list[str] = []
+    for err in errors:
+        kind, loc, msg = err.get("type"), tuple(err.get("loc", ())), err.get("msg", "")
+        field = _field(loc)
+        if kind == "json_invalid":
+            messages.append("the request body is not valid JSON")
+        elif kind == "missing" and loc == ("body",):
+            messages.append("a JSON body is required")
+        elif kind in ("model_attributes_type", "model_type", "dict_type"):
+            messages.append("the request body must be a JSON object")
+        elif kind == "extra_forbidden":
+            messages.append(f"property {field} should not exist")
+        elif kind == "missing":
+            messages.append(f"{field} is required")
+        else:
+            messages.append(f"{field} {msg}")
+    return "; ".join(dict.fromkeys(messages))
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def _api(_: Request, exc: ApiError) -> Response:
+        return error_response(exc.status, exc.message, exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> Response:
+        return error_response(400, describe_validation(exc.errors()))
+
+    @app.exception_handler(HTTPException)
+    async def _http(_: Request, exc: HTTPException) -> Response:
+        message = exc.detail if isinstance(exc.detail, str) else HTTPStatus(exc.status_code).phrase
+        if exc.status_code == 404 and message == "Not Found":
+            message = "no such route"
+        headers = dict(exc.headers) if exc.headers else None
+        return error_response(exc.status_code, message, headers)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> Response:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return error_response(500, "internal server error; the server log has the details")

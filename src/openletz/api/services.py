@@ -1,0 +1,65 @@
+"""What the API process holds for its lifetime, built from the settings."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from openletz.auth import Accounts
+from openletz.db import create_engine, migrate
+from openletz.dispatch.base import Dispatcher
+from openletz.engines.factory import EngineChoice, choose_engine
+from openletz.jobs.store import JobStore
+from openletz.live import LiveStore, MemoryLiveStore
+from openletz.settings import Settings
+from openletz.storage.base import BlobStore
+from openletz.storage.factory import make_blob_store
+
+log = logging.getLogger("openletz")
+
+
+@dataclass(slots=True)
+class Services:
+    settings: Settings
+    db: AsyncEngine
+    jobs: JobStore
+    accounts: Accounts
+    blobs: BlobStore
+    live: LiveStore
+    dispatcher: Dispatcher
+    engine: EngineChoice
+
+    @classmethod
+    async def start(cls, settings: Settings) -> Services:
+        db = create_engine(settings.resolved_database_url)
+        await migrate(db)
+        jobs = JobStore(db)
+        live = MemoryLiveStore()
+        from openletz.dispatch.embedded import EmbeddedDispatcher
+
+        dispatcher = EmbeddedDispatcher(settings, jobs, live)
+        engine = choose_engine(settings)
+        if engine.name == "sandbox":
+            log.warning("engine: SANDBOX. %s", engine.reason)
+        else:
+            log.info("engine: %s (%s)", engine.name, engine.reason)
+        services = cls(
+            settings=settings,
+            db=db,
+            jobs=jobs,
+            accounts=Accounts(db, cache_ttl_s=settings.auth_cache_ttl_s),
+            blobs=make_blob_store(settings),
+            live=live,
+            dispatcher=dispatcher,
+            engine=engine,
+        )
+        await dispatcher.start()
+        return services
+
+    async def stop(self) -> None:
+        await self.dispatcher.stop()
+        await self.live.close()
+        await self.blobs.close()
+        await self.db.dispose()

@@ -1,0 +1,208 @@
+"""The ``openletz`` command line.
+
+Failures a user can cause end in one clear line and a non-zero exit, never a
+traceback. Server-side commands import the server's modules lazily, so the
+SDK's install (without the server's dependencies) still runs the CLI.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import click
+
+T = TypeVar("T")
+
+
+def _settings(**overrides: Any) -> Any:
+    try:
+        from openletz.settings import Settings
+    except ImportError as exc:  # pragma: no cover - depends on the install
+        raise click.ClickException(
+            f"this command needs the server's dependencies: pip install 'openletz[server]' ({exc})"
+        ) from exc
+    try:
+        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    except Exception as exc:
+        raise click.ClickException(f"invalid settings: {exc}") from exc
+
+
+def _with_accounts(settings: Any, fn: Callable[[Any], Awaitable[T]]) -> T:
+    from openletz.auth import Accounts, UserError
+    from openletz.db import create_engine, migrate
+
+    async def go() -> T:
+        engine = create_engine(settings.resolved_database_url)
+        try:
+            await migrate(engine)
+            return await fn(Accounts(engine, cache_ttl_s=0))
+        finally:
+            await engine.dispose()
+
+    try:
+        return asyncio.run(go())
+    except UserError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+@click.group()
+@click.version_option(package_name="openletz")
+def main() -> None:
+    """openletz: a self-hostable server for the LetzAI image API."""
+
+
+@main.command()
+@click.option("--host", default=None, help="Interface to bind (default 127.0.0.1).")
+@click.option("--port", type=int, default=None, help="Port (default 8000).")
+@click.option("--workers", type=int, default=None, help="Worker processes (default 1).")
+@click.option("--data-dir", default=None, help="Where SQLite and images live (default ./data).")
+@click.option(
+    "--engine",
+    type=click.Choice(["auto", "sandbox", "diffusers"]),
+    default=None,
+    help="Image engine (default auto).",
+)
+@click.option("--log-level", default="info", show_default=True)
+def serve(
+    host: str | None,
+    port: int | None,
+    workers: int | None,
+    data_dir: str | None,
+    engine: str | None,
+    log_level: str,
+) -> None:
+    """Start the API server and its worker processes."""
+    import os
+
+    import uvicorn
+
+    from openletz.api.app import create_app
+
+    settings = _settings(host=host, port=port, workers=workers, data_dir=data_dir, engine=engine)
+    # Worker processes read their settings from the environment: pass the overrides on.
+    for name, value in (
+        ("OPENLETZ_HOST", host),
+        ("OPENLETZ_PORT", port),
+        ("OPENLETZ_WORKERS", workers),
+        ("OPENLETZ_DATA_DIR", data_dir),
+        ("OPENLETZ_ENGINE", engine),
+    ):
+        if value is not None:
+            os.environ[name] = str(value)
+    os.environ.setdefault("OPENLETZ_LOG_LEVEL", log_level.upper())
+    click.echo(f"openletz {_version()} on {settings.resolved_public_base_url} (docs at /doc)")
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=log_level,
+        proxy_headers=True,
+        server_header=False,
+    )
+
+
+def _version() -> str:
+    from openletz import __version__
+
+    return __version__
+
+
+@main.group()
+def keys() -> None:
+    """Create, list and revoke API keys."""
+
+
+@keys.command("create")
+@click.option("--user", "user_name", required=True, help="The key's user (created if new).")
+@click.option("--name", "key_name", default=None, help="A label for the key.")
+@click.option(
+    "--system-version",
+    type=click.Choice(["2", "3"]),
+    default=None,
+    help="Set the user's default systemVersion.",
+)
+def keys_create(user_name: str, key_name: str | None, system_version: str | None) -> None:
+    """Make a key and print it (it is shown only this once)."""
+    settings = _settings()
+
+    async def go(accounts: Any) -> str:
+        key: str
+        key, _ = await accounts.create_key(user_name, key_name=key_name)
+        if system_version is not None:
+            await accounts.set_default_system_version(user_name, int(system_version))
+        return key
+
+    key = _with_accounts(settings, go)
+    click.echo(key)
+    click.echo(
+        f"# API key for user {user_name!r}; it is not stored and cannot be shown again.",
+        err=True,
+    )
+
+
+@keys.command("list")
+@click.option("--user", "user_name", default=None, help="Only this user's keys.")
+def keys_list(user_name: str | None) -> None:
+    """List keys (their prefixes; the keys themselves are not stored)."""
+    rows = _with_accounts(_settings(), lambda a: a.list_keys(user_name))
+    if not rows:
+        click.echo("no keys", err=True)
+        return
+    click.echo(f"{'ID':>4}  {'PREFIX':<12} {'USER':<20} {'CREATED':<20} STATUS")
+    for k in rows:
+        status = f"revoked {k.revoked_at:%Y-%m-%d %H:%M}" if k.revoked_at else "active"
+        click.echo(
+            f"{k.id:>4}  {k.prefix:<12} {k.user:<20} {k.created_at:%Y-%m-%d %H:%M:%S}  {status}"
+        )
+
+
+@keys.command("revoke")
+@click.argument("key")
+def keys_revoke(key: str) -> None:
+    """Revoke a key by its ID or prefix (as `keys list` shows)."""
+    count = _with_accounts(_settings(), lambda a: a.revoke_key(key))
+    if count == 0:
+        raise click.ClickException(f"no active key matches {key!r}")
+    click.echo(f"revoked {count} key(s)")
+
+
+@main.group()
+def users() -> None:
+    """Account settings."""
+
+
+@users.command("set")
+@click.argument("name")
+@click.option("--system-version", type=click.Choice(["2", "3"]), required=True)
+def users_set(name: str, system_version: str) -> None:
+    """Set a user's default systemVersion."""
+    user = _with_accounts(
+        _settings(), lambda a: a.set_default_system_version(name, int(system_version))
+    )
+    click.echo(f"{user.name}: default systemVersion {user.default_system_version}")
+
+
+@main.command()
+def migrate() -> None:
+    """Bring the database schema up to date (serve does this too)."""
+    from openletz.db import create_engine, current_revision
+    from openletz.db import migrate as run
+
+    settings = _settings()
+
+    async def go() -> str | None:
+        engine = create_engine(settings.resolved_database_url)
+        try:
+            await run(engine)
+            return await current_revision(engine)
+        finally:
+            await engine.dispose()
+
+    click.echo(f"database at revision {asyncio.run(go())}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,202 @@
+"""The embedded dispatcher: worker processes started and fed by the API process.
+
+Each worker is ``python -m openletz.worker``, spoken to over its stdin/stdout.
+The dispatcher hands a job id to an idle worker, relays interruptions, copies
+progress into the live store, restarts a worker that dies, and reconciles with
+the database (jobs left ``new``, leases that expired) on a timer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import sys
+from dataclasses import dataclass, field
+
+from openletz.dispatch.base import Dispatcher
+from openletz.jobs.store import JobStore
+from openletz.live import LiveStore
+from openletz.settings import Settings
+from openletz.worker import protocol
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(eq=False)
+class _Worker:
+    index: int
+    proc: asyncio.subprocess.Process
+    owner: str | None = None
+    engine: str | None = None
+    job: str | None = None
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    def send(self, msg: protocol.Message) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(protocol.encode(msg))
+
+
+class EmbeddedDispatcher(Dispatcher):
+    name = "embedded"
+
+    def __init__(self, settings: Settings, store: JobStore, live: LiveStore) -> None:
+        self._settings = settings
+        self._store = store
+        self._live = live
+        self._queue: asyncio.Queue[str] = asyncio.Queue()
+        self._queued: set[str] = set()
+        self._idle: asyncio.Queue[_Worker] = asyncio.Queue()
+        self._workers: dict[int, _Worker] = {}
+        self._running: dict[str, _Worker] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = False
+        self._recover_now = asyncio.Event()
+
+    # -- Dispatcher -----------------------------------------------------------
+
+    async def start(self) -> None:
+        for i in range(self._settings.workers):
+            await self._spawn(i)
+        self._tasks.append(asyncio.create_task(self._feed(), name="dispatch-feed"))
+        self._tasks.append(asyncio.create_task(self._reconcile(), name="dispatch-reconcile"))
+
+    async def enqueue(self, job_id: str) -> None:
+        if job_id not in self._queued and job_id not in self._running:
+            self._queued.add(job_id)
+            self._queue.put_nowait(job_id)
+
+    async def interrupt(self, job_id: str) -> None:
+        worker = self._running.get(job_id)
+        if worker is not None:
+            with contextlib.suppress(ConnectionError, RuntimeError):
+                worker.send(protocol.Interrupt(job_id))
+
+    async def stop(self) -> None:
+        self._stopping = True
+        for task in self._tasks:
+            task.cancel()
+        for worker in list(self._workers.values()):
+            await self._shutdown(worker)
+        self._workers.clear()
+
+    def describe(self) -> dict[str, object]:
+        return {
+            "name": self.name,
+            "workers": len(self._workers),
+            "ready": sum(1 for w in self._workers.values() if w.owner is not None),
+            "busy": len(self._running),
+            "queued": self._queue.qsize(),
+        }
+
+    # -- workers --------------------------------------------------------------
+
+    async def _spawn(self, index: int) -> None:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "openletz.worker",
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            env=os.environ.copy(),
+            limit=1 << 22,
+        )
+        worker = _Worker(index, proc)
+        self._workers[index] = worker
+        worker.tasks.append(asyncio.create_task(self._listen(worker), name=f"worker-{index}"))
+        log.info("worker %d started (pid %d)", index, proc.pid)
+
+    async def _listen(self, worker: _Worker) -> None:
+        assert worker.proc.stdout is not None
+        try:
+            while line := await worker.proc.stdout.readline():
+                msg = protocol.decode(line)
+                if isinstance(msg, protocol.Progress):
+                    await self._live.update(msg.job, msg.progress, msg.preview)
+                elif isinstance(msg, protocol.Done):
+                    self._running.pop(msg.job, None)
+                    worker.job = None
+                    self._idle.put_nowait(worker)
+                elif isinstance(msg, protocol.Hello):
+                    worker.owner, worker.engine = msg.owner, msg.engine
+                    self._idle.put_nowait(worker)
+        except (ValueError, KeyError):
+            log.exception("worker %d sent a malformed message; restarting it", worker.index)
+            worker.proc.kill()
+        code = await worker.proc.wait()
+        if not self._stopping:
+            await self._on_death(worker, code)
+
+    async def _on_death(self, worker: _Worker, code: int) -> None:
+        log.error("worker %d (pid %d) exited with code %s", worker.index, worker.proc.pid, code)
+        if worker.job is not None:
+            self._running.pop(worker.job, None)
+        if worker.owner is not None:
+            # Recover its job now instead of waiting for the lease to run out.
+            await self._store.release_owner(worker.owner)
+            self._recover_now.set()
+        self._workers.pop(worker.index, None)
+        # A worker that dies at start-up (bad config) would otherwise respawn in a
+        # tight loop; a second's pause costs nothing when deaths are rare.
+        await asyncio.sleep(1.0)
+        if not self._stopping:
+            await self._spawn(worker.index)
+
+    async def _shutdown(self, worker: _Worker) -> None:
+        proc = worker.proc
+        if proc.stdin is not None:
+            proc.stdin.close()
+        try:
+            await asyncio.wait_for(proc.wait(), timeout=10)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+        for task in worker.tasks:
+            task.cancel()
+
+    # -- feeding and reconciling ----------------------------------------------
+
+    async def _feed(self) -> None:
+        while True:
+            job_id = await self._queue.get()
+            worker = await self._idle.get()
+            if worker.proc.returncode is not None or worker.index not in self._workers:
+                # It died while idle; its replacement announces itself with Hello.
+                self._queue.put_nowait(job_id)
+                continue
+            self._queued.discard(job_id)
+            worker.job = job_id
+            self._running[job_id] = worker
+            try:
+                worker.send(protocol.Run(job_id))
+            except (ConnectionError, RuntimeError):
+                self._running.pop(job_id, None)
+                await self.enqueue(job_id)
+
+    async def _reconcile(self) -> None:
+        first = True
+        while True:
+            try:
+                recovered = await self._store.recover_expired(self._settings.max_attempts)
+                for job_id in recovered.requeued:
+                    await self.enqueue(job_id)
+                if recovered.requeued or recovered.failed:
+                    log.warning(
+                        "recovered jobs of stopped workers: requeued %s, failed %s",
+                        recovered.requeued,
+                        recovered.failed,
+                    )
+                # At start every waiting job is ours to send; later only those that
+                # waited too long (a crash between the insert and the enqueue).
+                stale = 0.0 if first else self._settings.stale_new_s
+                for job_id in await self._store.waiting(older_than_s=stale):
+                    await self.enqueue(job_id)
+                first = False
+            except Exception:
+                log.exception("reconciliation failed; retrying")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    self._recover_now.wait(), timeout=self._settings.reconcile_interval_s
+                )
+            self._recover_now.clear()

@@ -1,0 +1,66 @@
+"""The contract between the worker and whatever makes pixels.
+
+An engine runs inside a worker process, in a thread of its own, and calls
+``on_step`` once per denoising step. ``on_step`` may raise :class:`Interrupted`,
+which must propagate out of :meth:`Engine.generate` at once (no decode).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from PIL import Image
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationRequest:
+    prompt: str
+    width: int
+    height: int
+    quality: int
+    creativity: int
+    system_version: int
+    mode: str
+    seed: int
+    base_model: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StepUpdate:
+    """One finished denoising step.
+
+    ``preview`` renders the predicted final image at this step (small, RGB); it is
+    a function so that the caller pays for a preview only when it wants one.
+    """
+
+    step: int  # steps finished, 1..total
+    total: int
+    preview: Callable[[], Image.Image] | None = None
+
+
+StepCallback = Callable[[StepUpdate], None]
+
+
+class Interrupted(Exception):
+    """Raised by a step callback to stop a generation; carries no image."""
+
+
+class EngineError(Exception):
+    """A generation failed for a reason the user should read (it becomes ``progressMessage``)."""
+
+
+class Engine(ABC):
+    #: short name shown in /health and in each image object
+    name: str
+
+    def load(self) -> None:  # noqa: B027 - optional hook
+        """Warm up (load weights, allocate buffers) before the first job."""
+
+    @abstractmethod
+    def generate(self, request: GenerationRequest, on_step: StepCallback) -> Image.Image:
+        """Make one image of exactly ``request.width`` x ``request.height`` pixels."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release what :meth:`load` took."""

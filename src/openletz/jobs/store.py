@@ -1,0 +1,352 @@
+"""Every read and write of the ``jobs`` table.
+
+Each write is one conditional statement in its own transaction, so that
+concurrent API servers and workers never lose an update and never need to
+read-then-write: the ``WHERE`` clause is the guard, ``RETURNING`` the answer.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Literal
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from openletz.jobs.status import JobStatus, sources_of
+from openletz.jobs.tables import jobs, utcnow
+
+Privacy = Literal["private", "public"]
+SortBy = Literal["createdAt", "likes", "regenerations"]
+SortOrder = Literal["ASC", "DESC"]
+
+
+@dataclass(frozen=True, slots=True)
+class NewJob:
+    user_id: int
+    prompt: str
+    width: int
+    height: int
+    quality: int
+    creativity: int
+    has_watermark: bool
+    system_version: int
+    mode: str
+    seed: int
+    base_model: str | None = None
+    webhook_url: str | None = None
+    privacy: Privacy = "private"
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    id: str
+    user_id: int
+    prompt: str
+    width: int
+    height: int
+    quality: int
+    creativity: int
+    has_watermark: bool
+    system_version: int
+    mode: str
+    seed: int
+    base_model: str | None
+    webhook_url: str | None
+    privacy: Privacy
+    status: JobStatus
+    progress: int
+    progress_message: str | None
+    preview: bytes | None
+    image_versions: dict[str, str] | None
+    engine: str | None
+    interrupt_requested: bool
+    attempts: int
+    lease_owner: str | None
+    lease_expires_at: datetime | None
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+    @classmethod
+    def from_row(cls, row: sa.RowMapping) -> Job:
+        values: dict[str, Any] = dict(row)
+        values["status"] = JobStatus(values["status"])
+        return cls(**values)
+
+
+@dataclass(frozen=True, slots=True)
+class Recovered:
+    """What one reconciliation pass did."""
+
+    requeued: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+
+
+def new_job_id() -> str:
+    return str(uuid.uuid4())
+
+
+class JobStore:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+
+    async def _one(self, stmt: sa.Executable) -> Job | None:
+        async with self._engine.begin() as conn:
+            row = (await conn.execute(stmt)).mappings().first()
+        return Job.from_row(row) if row is not None else None
+
+    async def _ids(self, stmt: sa.Executable) -> list[str]:
+        async with self._engine.begin() as conn:
+            return [r[0] for r in (await conn.execute(stmt)).all()]
+
+    # -- the API's side -------------------------------------------------------
+
+    async def create(self, new: NewJob) -> Job:
+        now = utcnow()
+        values = {
+            "id": new_job_id(),
+            **{f: getattr(new, f) for f in NewJob.__dataclass_fields__},
+            "status": JobStatus.NEW.value,
+            "progress": 0,
+            "interrupt_requested": False,
+            "attempts": 0,
+            "created_at": now,
+            "updated_at": now,
+        }
+        job = await self._one(jobs.insert().values(values).returning(*jobs.c))
+        assert job is not None
+        return job
+
+    async def get(self, job_id: str) -> Job | None:
+        async with self._engine.connect() as conn:
+            row = (await conn.execute(jobs.select().where(jobs.c.id == job_id))).mappings().first()
+        return Job.from_row(row) if row is not None else None
+
+    async def list_for_user(
+        self,
+        user_id: int,
+        *,
+        page: int,
+        limit: int,
+        sort_by: SortBy = "createdAt",
+        sort_order: SortOrder = "DESC",
+    ) -> list[Job]:
+        # openletz keeps no likes or regenerations: those orders fall back to creation
+        # time, which is what the hosted API does for images nobody has liked.
+        direction = sa.desc if sort_order == "DESC" else sa.asc
+        stmt = (
+            jobs.select()
+            .where(jobs.c.user_id == user_id)
+            .order_by(direction(jobs.c.created_at), direction(jobs.c.id))
+            .limit(limit)
+            .offset((page - 1) * limit)
+        )
+        async with self._engine.connect() as conn:
+            rows = (await conn.execute(stmt)).mappings().all()
+        return [Job.from_row(r) for r in rows]
+
+    async def set_privacy(self, job_id: str, privacy: Privacy) -> Job | None:
+        stmt = (
+            jobs.update()
+            .where(jobs.c.id == job_id)
+            .values(privacy=privacy, updated_at=utcnow())
+            .returning(*jobs.c)
+        )
+        return await self._one(stmt)
+
+    async def delete(self, job_id: str) -> Job | None:
+        return await self._one(jobs.delete().where(jobs.c.id == job_id).returning(*jobs.c))
+
+    async def request_interrupt(self, job_id: str) -> Job | None:
+        """Stop a job: a queued one ends now and never starts; a running one is flagged
+        for its worker, which stops within one step and records the end itself."""
+        now = utcnow()
+        queued = (
+            jobs.update()
+            .where(jobs.c.id == job_id, jobs.c.status == JobStatus.NEW.value)
+            .values(
+                status=JobStatus.INTERRUPTED.value,
+                interrupt_requested=True,
+                progress_message="Interrupted before it started.",
+                finished_at=now,
+                updated_at=now,
+            )
+            .returning(*jobs.c)
+        )
+        running = (
+            jobs.update()
+            .where(jobs.c.id == job_id, jobs.c.status == JobStatus.IN_PROGRESS.value)
+            .values(interrupt_requested=True, updated_at=now)
+            .returning(*jobs.c)
+        )
+        return await self._one(queued) or await self._one(running) or await self.get(job_id)
+
+    # -- the worker's side ----------------------------------------------------
+
+    async def claim(self, job_id: str, owner: str, lease_s: float) -> Job | None:
+        """Take ``job_id`` if it is still waiting; ``None`` when someone else has it,
+        it is finished, or it was interrupted. A duplicate delivery ends here."""
+        now = utcnow()
+        stmt = (
+            jobs.update()
+            .where(
+                jobs.c.id == job_id,
+                jobs.c.status == JobStatus.NEW.value,
+                jobs.c.interrupt_requested.is_(False),
+            )
+            .values(
+                status=JobStatus.IN_PROGRESS.value,
+                lease_owner=owner,
+                lease_expires_at=now + timedelta(seconds=lease_s),
+                attempts=jobs.c.attempts + 1,
+                started_at=sa.func.coalesce(jobs.c.started_at, now),
+                updated_at=now,
+            )
+            .returning(*jobs.c)
+        )
+        return await self._one(stmt)
+
+    async def heartbeat(
+        self, job_id: str, owner: str, lease_s: float, progress: int
+    ) -> tuple[bool, bool]:
+        """Extend the lease and persist progress. Returns ``(still_ours, interrupt_requested)``;
+        a worker whose lease was taken away must stop and write nothing more."""
+        now = utcnow()
+        stmt = (
+            jobs.update()
+            .where(
+                jobs.c.id == job_id,
+                jobs.c.lease_owner == owner,
+                jobs.c.status == JobStatus.IN_PROGRESS.value,
+            )
+            .values(
+                lease_expires_at=now + timedelta(seconds=lease_s),
+                progress=sa.func.max(jobs.c.progress, progress)
+                if self._engine.dialect.name == "sqlite"
+                else sa.func.greatest(jobs.c.progress, progress),
+                updated_at=now,
+            )
+            .returning(jobs.c.interrupt_requested)
+        )
+        async with self._engine.begin() as conn:
+            row = (await conn.execute(stmt)).first()
+        return (row is not None, bool(row[0]) if row is not None else False)
+
+    async def finish(
+        self,
+        job_id: str,
+        owner: str,
+        status: JobStatus,
+        *,
+        message: str | None = None,
+        image_versions: dict[str, str] | None = None,
+        preview: bytes | None = None,
+        engine: str | None = None,
+    ) -> Job | None:
+        """Record the end of a job this worker holds; ``None`` if the lease was lost
+        (or the job deleted) meanwhile, in which case the caller discards its output."""
+        assert status.is_terminal()
+        now = utcnow()
+        values: dict[str, Any] = {
+            "status": status.value,
+            "progress_message": message,
+            "lease_owner": None,
+            "lease_expires_at": None,
+            "finished_at": now,
+            "updated_at": now,
+        }
+        if status is JobStatus.READY:
+            values.update(progress=100, image_versions=image_versions, preview=preview)
+        if engine is not None:
+            values["engine"] = engine
+        stmt = (
+            jobs.update()
+            .where(
+                jobs.c.id == job_id,
+                jobs.c.lease_owner == owner,
+                jobs.c.status.in_([s.value for s in sources_of(status)]),
+            )
+            .values(values)
+            .returning(*jobs.c)
+        )
+        return await self._one(stmt)
+
+    # -- recovery -------------------------------------------------------------
+
+    async def release_owner(self, owner: str) -> None:
+        """Expire the leases of a worker known to be dead, so that recovery runs now."""
+        stmt = (
+            jobs.update()
+            .where(jobs.c.lease_owner == owner, jobs.c.status == JobStatus.IN_PROGRESS.value)
+            .values(lease_expires_at=utcnow() - timedelta(seconds=1))
+        )
+        async with self._engine.begin() as conn:
+            await conn.execute(stmt)
+
+    async def recover_expired(self, max_attempts: int) -> Recovered:
+        """Put back the jobs whose worker stopped renewing its lease, or fail those
+        that already used every attempt (a job that kills its worker each time)."""
+        now = utcnow()
+        expired = sa.and_(
+            jobs.c.status == JobStatus.IN_PROGRESS.value, jobs.c.lease_expires_at < now
+        )
+        fail = (
+            jobs.update()
+            .where(expired, jobs.c.attempts >= max_attempts)
+            .values(
+                status=JobStatus.FAILED.value,
+                progress_message=(
+                    f"The worker stopped during this image {max_attempts} times "
+                    "(it crashed or was killed); giving up."
+                ),
+                lease_owner=None,
+                lease_expires_at=None,
+                finished_at=now,
+                updated_at=now,
+            )
+            .returning(jobs.c.id)
+        )
+        interrupted = (
+            jobs.update()
+            .where(expired, jobs.c.interrupt_requested.is_(True))
+            .values(
+                status=JobStatus.INTERRUPTED.value,
+                progress_message="Interrupted.",
+                lease_owner=None,
+                lease_expires_at=None,
+                finished_at=now,
+                updated_at=now,
+            )
+            .returning(jobs.c.id)
+        )
+        requeue = (
+            jobs.update()
+            .where(expired)
+            .values(
+                status=JobStatus.NEW.value,
+                lease_owner=None,
+                lease_expires_at=None,
+                updated_at=now,
+            )
+            .returning(jobs.c.id)
+        )
+        failed = await self._ids(fail)
+        failed += await self._ids(interrupted)
+        return Recovered(requeued=await self._ids(requeue), failed=failed)
+
+    async def waiting(self, *, older_than_s: float = 0.0, limit: int = 1000) -> Sequence[str]:
+        """Ids of jobs still ``new`` (oldest first), for re-dispatch after a restart."""
+        cutoff = utcnow() - timedelta(seconds=older_than_s)
+        stmt = (
+            sa.select(jobs.c.id)
+            .where(jobs.c.status == JobStatus.NEW.value, jobs.c.updated_at <= cutoff)
+            .order_by(jobs.c.created_at)
+            .limit(limit)
+        )
+        async with self._engine.connect() as conn:
+            return [r[0] for r in (await conn.execute(stmt)).all()]

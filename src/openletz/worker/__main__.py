@@ -1,0 +1,3 @@
+from openletz.worker.embedded import main
+
+main()

@@ -1,0 +1,72 @@
+"""Messages between an embedded worker process and the API process that started it.
+
+One JSON object per line: commands on the worker's stdin, events on its stdout
+(its logs go to stderr). Small typed classes, so both sides agree on the shape.
+"""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import asdict, dataclass
+from typing import Any, ClassVar
+
+import orjson
+
+
+@dataclass(frozen=True, slots=True)
+class Run:
+    job: str
+    kind: ClassVar[str] = "run"
+
+
+@dataclass(frozen=True, slots=True)
+class Interrupt:
+    job: str
+    kind: ClassVar[str] = "interrupt"
+
+
+@dataclass(frozen=True, slots=True)
+class Hello:
+    """The worker is up and idle; ``owner`` is the name it claims jobs under."""
+
+    owner: str
+    engine: str
+    kind: ClassVar[str] = "hello"
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    job: str
+    progress: int
+    preview: bytes | None = None
+    kind: ClassVar[str] = "progress"
+
+
+@dataclass(frozen=True, slots=True)
+class Done:
+    """The worker is idle again; ``status`` is the job's end, or "skipped" when the
+    claim found the job taken, finished or interrupted."""
+
+    job: str
+    status: str
+    kind: ClassVar[str] = "done"
+
+
+Message = Run | Interrupt | Hello | Progress | Done
+_KINDS: dict[str, type[Message]] = {c.kind: c for c in (Run, Interrupt, Hello, Progress, Done)}
+
+
+def encode(msg: Message) -> bytes:
+    body: dict[str, Any] = asdict(msg)
+    body["kind"] = msg.kind
+    if isinstance(msg, Progress) and msg.preview is not None:
+        body["preview"] = base64.b64encode(msg.preview).decode()
+    return orjson.dumps(body) + b"\n"
+
+
+def decode(line: bytes) -> Message:
+    body = orjson.loads(line)
+    cls = _KINDS[body.pop("kind")]
+    if cls is Progress and body.get("preview") is not None:
+        body["preview"] = base64.b64decode(body["preview"])
+    return cls(**body)

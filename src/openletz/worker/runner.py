@@ -1,0 +1,224 @@
+"""One job, start to end, inside a worker process.
+
+The runner is the same for every transport (embedded pipes, Celery): it claims
+the row, runs the engine in a thread while an asyncio task renews the lease,
+turns steps into progress and previews, stores the versions and records the end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from PIL import Image
+
+from openletz import imaging
+from openletz.engines.base import (
+    Engine,
+    EngineError,
+    GenerationRequest,
+    Interrupted,
+    StepUpdate,
+)
+from openletz.jobs.status import JobStatus
+from openletz.jobs.store import Job, JobStore
+from openletz.settings import Settings
+from openletz.storage.base import BlobStore
+
+log = logging.getLogger(__name__)
+
+# Progress is an honest account of the work: denoising is most of it, then the
+# versions are encoded and stored. 100 is reserved for "ready".
+DENOISE_END = 90
+ENCODED = 95
+STORED = 99
+
+#: called from any thread with (job id, progress, preview JPEG or None)
+ProgressSink = Callable[[str, int, bytes | None], None]
+
+
+class _LeaseLost(Exception):
+    pass
+
+
+@dataclass(slots=True)
+class _Flags:
+    interrupt: threading.Event
+    lease_lost: threading.Event
+
+
+class JobRunner:
+    def __init__(
+        self,
+        *,
+        owner: str,
+        store: JobStore,
+        blobs: BlobStore,
+        engine: Engine,
+        settings: Settings,
+        sink: ProgressSink,
+    ) -> None:
+        self.owner = owner
+        self._store = store
+        self._blobs = blobs
+        self._engine = engine
+        self._settings = settings
+        self._sink = sink
+        self._flags: dict[str, _Flags] = {}
+        self._progress: dict[str, int] = {}
+
+    def interrupt(self, job_id: str) -> None:
+        flags = self._flags.get(job_id)
+        if flags is not None:
+            flags.interrupt.set()
+
+    def abandon_all(self) -> None:
+        """Stop every running generation at its next step, writing nothing (shutdown)."""
+        for flags in self._flags.values():
+            flags.lease_lost.set()
+
+    async def run(self, job_id: str) -> str:
+        """Run ``job_id`` if it can be claimed; returns its end status or "skipped"."""
+        job = await self._store.claim(job_id, self.owner, self._settings.lease_s)
+        if job is None:
+            return "skipped"
+        log.info("job %s claimed (attempt %d)", job.id, job.attempts)
+        flags = _Flags(threading.Event(), threading.Event())
+        self._flags[job.id] = flags
+        self._sink(job.id, 0, None)
+        beat = asyncio.create_task(self._heartbeat(job.id, flags))
+        try:
+            return await self._run_claimed(job, flags)
+        finally:
+            beat.cancel()
+            self._flags.pop(job.id, None)
+
+    async def _heartbeat(self, job_id: str, flags: _Flags) -> None:
+        while True:
+            await asyncio.sleep(self._settings.heartbeat_s)
+            try:
+                ours, interrupt = await self._store.heartbeat(
+                    job_id, self.owner, self._settings.lease_s, self._progress.get(job_id, 0)
+                )
+            except Exception:
+                # A database hiccup is not a reason to drop the job: the lease is long
+                # enough to miss a beat or two.
+                log.warning("heartbeat for job %s failed", job_id, exc_info=True)
+                continue
+            if interrupt:
+                flags.interrupt.set()
+            if not ours:
+                flags.lease_lost.set()
+                return
+
+    async def _run_claimed(self, job: Job, flags: _Flags) -> str:
+        request = GenerationRequest(
+            prompt=job.prompt,
+            width=job.width,
+            height=job.height,
+            quality=job.quality,
+            creativity=job.creativity,
+            system_version=job.system_version,
+            mode=job.mode,
+            seed=job.seed,
+            base_model=job.base_model,
+        )
+        on_step = self._step_callback(job.id, flags)
+        try:
+            image = await asyncio.to_thread(self._engine.generate, request, on_step)
+            return await self._deliver(job, image, flags)
+        except Interrupted:
+            if flags.lease_lost.is_set():
+                log.warning("job %s: lease lost, output discarded", job.id)
+                return "lost"
+            done = await self._store.finish(
+                job.id,
+                self.owner,
+                JobStatus.INTERRUPTED,
+                message="Interrupted.",
+                engine=self._engine.name,
+            )
+            return JobStatus.INTERRUPTED.value if done else "lost"
+        except _LeaseLost:
+            log.warning("job %s: lease lost, output discarded", job.id)
+            return "lost"
+        except Exception as exc:
+            if isinstance(exc, EngineError):
+                message = str(exc)
+                log.warning("job %s failed: %s", job.id, message)
+            else:
+                message = f"Generation failed: {type(exc).__name__}: {exc}"
+                log.exception("job %s failed", job.id)
+            done = await self._store.finish(
+                job.id, self.owner, JobStatus.FAILED, message=message, engine=self._engine.name
+            )
+            return JobStatus.FAILED.value if done else "lost"
+        finally:
+            self._progress.pop(job.id, None)
+
+    def _step_callback(self, job_id: str, flags: _Flags) -> Callable[[StepUpdate], None]:
+        interval = self._settings.preview_interval_s
+        max_side = self._settings.preview_max_side
+        last_preview = -1e9
+
+        def on_step(update: StepUpdate) -> None:
+            nonlocal last_preview
+            if flags.interrupt.is_set() or flags.lease_lost.is_set():
+                raise Interrupted
+            progress = min(DENOISE_END, DENOISE_END * update.step // max(update.total, 1))
+            self._progress[job_id] = progress
+            preview = None
+            now = time.monotonic()
+            # The last step's preview is skipped: the final image follows at once.
+            due = now - last_preview >= interval
+            if update.preview is not None and update.step < update.total and due:
+                last_preview = now
+                preview = imaging.preview_jpeg(update.preview(), max_side=max_side)
+            self._sink(job_id, progress, preview)
+
+        return on_step
+
+    async def _deliver(self, job: Job, image: Image.Image, flags: _Flags) -> str:
+        settings = self._settings
+        fmt = settings.image_format
+        versions, preview = await asyncio.to_thread(
+            lambda: (
+                imaging.render_versions(
+                    image,
+                    has_watermark=job.has_watermark,
+                    watermark_text=settings.watermark_text,
+                    fmt=fmt,
+                    quality=settings.jpeg_quality,
+                ),
+                imaging.preview_jpeg(image, max_side=settings.preview_max_side),
+            )
+        )
+        self._sink(job.id, ENCODED, None)
+        if flags.lease_lost.is_set():
+            raise _LeaseLost
+        ext = imaging.extension(fmt)
+        keys = {name: f"{job.id}/{name}.{ext}" for name in versions}
+        ctype = imaging.content_type(fmt)
+        await asyncio.gather(
+            *(self._blobs.put(keys[name], data, ctype) for name, data in versions.items())
+        )
+        self._sink(job.id, STORED, None)
+        done = await self._store.finish(
+            job.id,
+            self.owner,
+            JobStatus.READY,
+            image_versions=keys,
+            preview=preview,
+            engine=self._engine.name,
+        )
+        if done is None:
+            # Deleted, or the lease passed to another worker, while we stored: those
+            # files belong to nobody.
+            await self._blobs.delete_many(keys.values())
+            return "lost"
+        log.info("job %s ready", job.id)
+        return JobStatus.READY.value
