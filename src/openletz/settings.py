@@ -21,7 +21,6 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
-EngineName = Literal["auto", "sandbox", "diffusers"]
 ImageFormat = Literal["jpeg", "png", "webp"]
 
 _DEV_SECRET = "openletz-development-secret"
@@ -76,7 +75,9 @@ class Settings(BaseSettings):
     job_timeout_s: float = Field(1800.0, gt=0)
 
     # Engine
-    engine: EngineName = "auto"
+    # "auto", "sandbox", "diffusers", or "package.module:factory" for an engine of
+    # one's own (the factory takes the Settings and returns an Engine).
+    engine: str = Field("auto", pattern=r"^(auto|sandbox|diffusers|[\w.]+:\w+)$")
     sandbox_duration_s: float = Field(4.0, ge=0)
     sandbox_steps_per_quality: int = Field(6, ge=1)
 

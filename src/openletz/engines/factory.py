@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
 from dataclasses import dataclass
 
@@ -23,6 +24,8 @@ def choose_engine(settings: Settings) -> EngineChoice:
         return EngineChoice("sandbox", "the sandbox engine was asked for (OPENLETZ_ENGINE=sandbox)")
     if settings.engine == "diffusers":
         return EngineChoice("diffusers", "the diffusers engine was asked for")
+    if ":" in settings.engine:
+        return EngineChoice(settings.engine, f"the engine {settings.engine} was asked for")
     return EngineChoice(
         "sandbox",
         "the diffusers engine is not part of this build, so images come from the "
@@ -34,6 +37,12 @@ def make_engine(settings: Settings) -> Engine:
     choice = choose_engine(settings)
     if choice.name == "diffusers":
         raise RuntimeError("the diffusers engine is not available in this build")
+    if ":" in choice.name:
+        module, _, attr = choice.name.partition(":")
+        factory = getattr(importlib.import_module(module), attr)
+        engine: Engine = factory(settings)
+        log.info("engine: %s (%s)", engine.name, choice.reason)
+        return engine
     from openletz.engines.sandbox import SandboxEngine
 
     log.info("engine: %s (%s)", choice.name, choice.reason)

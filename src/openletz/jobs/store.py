@@ -247,6 +247,7 @@ class JobStore:
         image_versions: dict[str, str] | None = None,
         preview: bytes | None = None,
         engine: str | None = None,
+        progress: int | None = None,
     ) -> Job | None:
         """Record the end of a job this worker holds; ``None`` if the lease was lost
         (or the job deleted) meanwhile, in which case the caller discards its output."""
@@ -262,6 +263,10 @@ class JobStore:
         }
         if status is JobStatus.READY:
             values.update(progress=100, image_versions=image_versions, preview=preview)
+        elif progress is not None:
+            values["progress"] = min(progress, 99)
+            if preview is not None:
+                values["preview"] = preview
         if engine is not None:
             values["engine"] = engine
         stmt = (

@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from PIL import Image
 
@@ -70,6 +71,7 @@ class JobRunner:
         self._sink = sink
         self._flags: dict[str, _Flags] = {}
         self._progress: dict[str, int] = {}
+        self._previews: dict[str, bytes] = {}
 
     def interrupt(self, job_id: str) -> None:
         flags = self._flags.get(job_id)
@@ -141,6 +143,7 @@ class JobRunner:
                 JobStatus.INTERRUPTED,
                 message="Interrupted.",
                 engine=self._engine.name,
+                **self._reached(job.id),
             )
             return JobStatus.INTERRUPTED.value if done else "lost"
         except _LeaseLost:
@@ -154,11 +157,21 @@ class JobRunner:
                 message = f"Generation failed: {type(exc).__name__}: {exc}"
                 log.exception("job %s failed", job.id)
             done = await self._store.finish(
-                job.id, self.owner, JobStatus.FAILED, message=message, engine=self._engine.name
+                job.id,
+                self.owner,
+                JobStatus.FAILED,
+                message=message,
+                engine=self._engine.name,
+                **self._reached(job.id),
             )
             return JobStatus.FAILED.value if done else "lost"
         finally:
             self._progress.pop(job.id, None)
+            self._previews.pop(job.id, None)
+
+    def _reached(self, job_id: str) -> dict[str, Any]:
+        """What an unfinished job had shown, kept in its row after it ends."""
+        return {"progress": self._progress.get(job_id, 0), "preview": self._previews.get(job_id)}
 
     def _step_callback(self, job_id: str, flags: _Flags) -> Callable[[StepUpdate], None]:
         interval = self._settings.preview_interval_s
@@ -178,6 +191,7 @@ class JobRunner:
             if update.preview is not None and update.step < update.total and due:
                 last_preview = now
                 preview = imaging.preview_jpeg(update.preview(), max_side=max_side)
+                self._previews[job_id] = preview
             self._sink(job_id, progress, preview)
 
         return on_step
