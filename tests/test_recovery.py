@@ -101,3 +101,16 @@ def test_engine_errors_fail_the_job_with_a_reason(
         # The worker survives a failed job.
         again = client.post("/images", json={"prompt": "fine"}).json()["id"]
         assert wait_for(client, again)["status"] == "ready"
+
+
+def test_job_longer_than_the_timeout_fails_with_a_reason(
+    make_server: Callable[..., Server],
+) -> None:
+    server = make_server(
+        sandbox_duration_s=4, job_timeout_s=0.5, heartbeat_s=0.2, lease_s=2, workers=1
+    ).start()
+    with server.client(server.create_key("u")) as client:
+        image_id = client.post("/images", json={"prompt": "too slow"}).json()["id"]
+        body = wait_for(client, image_id, timeout=30)
+    assert body["status"] == "failed"
+    assert "longer than 0.5 s" in body["progressMessage"]

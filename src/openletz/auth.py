@@ -53,12 +53,15 @@ def new_key() -> str:
 class Accounts:
     """Users and keys, with a short-lived cache of key lookups for the hot path."""
 
-    def __init__(self, engine: AsyncEngine, *, cache_ttl_s: float = 5.0) -> None:
+    def __init__(
+        self, engine: AsyncEngine, *, cache_ttl_s: float = 5.0, default_system_version: int = 3
+    ) -> None:
         self._engine = engine
+        self._default_version = default_system_version
         self._ttl = cache_ttl_s
         self._cache: dict[str, tuple[float, User | None]] = {}
 
-    async def ensure_user(self, name: str, *, default_system_version: int = 3) -> User:
+    async def ensure_user(self, name: str, *, default_system_version: int | None = None) -> User:
         name = name.strip()
         if not name or len(name) > 100:
             raise UserError("a user name must be 1 to 100 characters")
@@ -70,7 +73,7 @@ class Accounts:
                         users.insert()
                         .values(
                             name=name,
-                            default_system_version=default_system_version,
+                            default_system_version=default_system_version or self._default_version,
                             created_at=utcnow(),
                         )
                         .returning(*users.c)

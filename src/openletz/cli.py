@@ -38,7 +38,10 @@ def _with_accounts(settings: Any, fn: Callable[[Any], Awaitable[T]]) -> T:
         engine = create_engine(settings.resolved_database_url)
         try:
             await migrate(engine)
-            return await fn(Accounts(engine, cache_ttl_s=0))
+            accounts = Accounts(
+                engine, cache_ttl_s=0, default_system_version=settings.default_system_version
+            )
+            return await fn(accounts)
         finally:
             await engine.dispose()
 
@@ -93,7 +96,16 @@ def serve(
         if value is not None:
             os.environ[name] = str(value)
     os.environ.setdefault("OPENLETZ_LOG_LEVEL", log_level.upper())
-    click.echo(f"openletz {_version()} on {settings.resolved_public_base_url} (docs at /doc)")
+    first_key = _with_accounts(settings, _first_key)
+    base = settings.resolved_public_base_url
+    click.echo(f"openletz {_version()} on {base} (API docs at {base}/doc)")
+    if first_key is not None:
+        click.echo(
+            "No API key existed, so one was made for user 'admin' (shown only now):\n"
+            f"  {first_key}\n"
+            f"Try: curl -H 'Authorization: Bearer {first_key}' -H 'Content-Type: application/json' "
+            f"""-d '{{"prompt": "a lighthouse at dusk"}}' {base}/images"""
+        )
     uvicorn.run(
         create_app(settings),
         host=settings.host,
@@ -102,6 +114,14 @@ def serve(
         proxy_headers=True,
         server_header=False,
     )
+
+
+async def _first_key(accounts: Any) -> str | None:
+    if await accounts.list_keys():
+        return None
+    key: str
+    key, _ = await accounts.create_key("admin", key_name="created at first start")
+    return key
 
 
 def _version() -> str:

@@ -49,44 +49,76 @@ class Settings(BaseSettings):
     )
 
     # Where the embedded defaults keep their state.
-    data_dir: Path = Path("./data")
-    database_url: str = ""  # default: SQLite in data_dir
-    environment: Literal["development", "production"] = "development"
+    data_dir: Path = Field(Path("./data"), description="SQLite database and image files.")
+    database_url: str = Field("", description="SQLAlchemy async URL; default: SQLite in data_dir.")
+    environment: Literal["development", "production"] = Field(
+        "development", description="production refuses the development secret_key."
+    )
 
     # HTTP
-    host: str = "127.0.0.1"
-    port: int = Field(8000, ge=1, le=65535)
-    public_base_url: str = ""  # default: http://{host}:{port}
-    max_body_bytes: int = Field(1_048_576, ge=1024)
-    secret_key: str = _DEV_SECRET  # signs private file URLs
-    signed_url_ttl_s: int = Field(3600, ge=10)
-    auth_cache_ttl_s: float = Field(5.0, ge=0)
+    host: str = Field("127.0.0.1", description="Interface the API binds.")
+    port: int = Field(8000, ge=1, le=65535, description="Port the API binds.")
+    public_base_url: str = Field(
+        "", description="Base of absolute image URLs; default http://host:port."
+    )
+    max_body_bytes: int = Field(1_048_576, ge=1024, description="Larger request bodies get 413.")
+    secret_key: str = Field(_DEV_SECRET, description="Signs private image URLs.")
+    signed_url_ttl_s: int = Field(3600, ge=10, description="How long a private image URL works.")
+    auth_cache_ttl_s: float = Field(
+        5.0, ge=0, description="How long a key lookup is cached (a revocation takes this long)."
+    )
 
     # Users
-    default_system_version: Literal[2, 3] = 3
+    default_system_version: Literal[2, 3] = Field(
+        3, description="systemVersion of new users, when the request gives none."
+    )
 
     # Workers and jobs
-    workers: int = Field(1, ge=1, le=64)
-    lease_s: float = Field(30.0, gt=0)
-    heartbeat_s: float = Field(5.0, gt=0)
-    max_attempts: int = Field(3, ge=1)
-    reconcile_interval_s: float = Field(2.0, gt=0)
-    stale_new_s: float = Field(10.0, gt=0)
-    job_timeout_s: float = Field(1800.0, gt=0)
+    workers: int = Field(1, ge=1, le=64, description="Worker processes that serve starts.")
+    lease_s: float = Field(
+        30.0, gt=0, description="A job whose worker stops renewing is retried after this."
+    )
+    heartbeat_s: float = Field(
+        5.0, gt=0, description="How often a worker renews its lease and saves progress."
+    )
+    max_attempts: int = Field(
+        3, ge=1, description="Attempts before a job whose worker keeps dying fails."
+    )
+    reconcile_interval_s: float = Field(
+        2.0, gt=0, description="How often expired leases and stale jobs are looked for."
+    )
+    stale_new_s: float = Field(
+        10.0, gt=0, description="A job still new after this is dispatched again."
+    )
+    job_timeout_s: float = Field(
+        1800.0, gt=0, description="A generation running longer fails with a reason."
+    )
 
     # Engine
     # "auto", "sandbox", "diffusers", or "package.module:factory" for an engine of
     # one's own (the factory takes the Settings and returns an Engine).
-    engine: str = Field("auto", pattern=r"^(auto|sandbox|diffusers|[\w.]+:\w+)$")
-    sandbox_duration_s: float = Field(4.0, ge=0)
-    sandbox_steps_per_quality: int = Field(6, ge=1)
+    engine: str = Field(
+        "auto",
+        pattern=r"^(auto|sandbox|diffusers|[\w.]+:\w+)$",
+        description="auto, sandbox, diffusers, or package.module:factory.",
+    )
+    sandbox_duration_s: float = Field(
+        4.0, ge=0, description="Sandbox time per image at quality 2 (scales with quality)."
+    )
+    sandbox_steps_per_quality: int = Field(6, ge=1, description="Sandbox steps per quality level.")
 
     # Imaging
-    image_format: ImageFormat = "jpeg"
-    jpeg_quality: int = Field(92, ge=1, le=100)
-    watermark_text: str = "openletz"
-    preview_max_side: int = Field(256, ge=16, le=1024)
-    preview_interval_s: float = Field(0.25, ge=0)
+    image_format: ImageFormat = Field("jpeg", description="jpeg, png or webp.")
+    jpeg_quality: int = Field(92, ge=1, le=100, description="Encoder quality for jpeg and webp.")
+    watermark_text: str = Field(
+        "openletz", description="Text of the visible watermark (hasWatermark)."
+    )
+    preview_max_side: int = Field(
+        256, ge=16, le=1024, description="Longest side of previewImage, in pixels."
+    )
+    preview_interval_s: float = Field(
+        0.25, ge=0, description="At most one new preview per this many seconds."
+    )
 
     @classmethod
     def settings_customise_sources(
@@ -113,6 +145,27 @@ class Settings(BaseSettings):
                 f"for example: OPENLETZ_SECRET_KEY={secrets.token_urlsafe(32)}"
             )
         return self
+
+    @model_validator(mode="after")
+    def _heartbeat_within_lease(self) -> Settings:
+        if self.heartbeat_s * 2 > self.lease_s:
+            raise ValueError(
+                f"heartbeat_s ({self.heartbeat_s}) must be at most half of lease_s "
+                f"({self.lease_s}), or a busy worker would lose its jobs"
+            )
+        return self
+
+    @classmethod
+    def reference(cls) -> str:
+        """The settings as a Markdown table (docs/configuration.md is this, checked by a test)."""
+        rows = ["| variable | default | meaning |", "| --- | --- | --- |"]
+        for name, field in cls.model_fields.items():
+            default = field.default
+            shown = "(empty)" if default == "" else str(default)
+            if name == "secret_key":
+                shown = "(a development value)"
+            rows.append(f"| `OPENLETZ_{name.upper()}` | `{shown}` | {field.description} |")
+        return "\n".join(rows) + "\n"
 
     @cached_property
     def resolved_database_url(self) -> str:

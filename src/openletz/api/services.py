@@ -49,7 +49,11 @@ class Services:
             settings=settings,
             db=db,
             jobs=jobs,
-            accounts=Accounts(db, cache_ttl_s=settings.auth_cache_ttl_s),
+            accounts=Accounts(
+                db,
+                cache_ttl_s=settings.auth_cache_ttl_s,
+                default_system_version=settings.default_system_version,
+            ),
             blobs=make_blob_store(settings),
             live=live,
             dispatcher=dispatcher,

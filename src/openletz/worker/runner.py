@@ -50,6 +50,7 @@ class _LeaseLost(Exception):
 class _Flags:
     interrupt: threading.Event
     lease_lost: threading.Event
+    timed_out: threading.Event
 
 
 class JobRunner:
@@ -89,7 +90,7 @@ class JobRunner:
         if job is None:
             return "skipped"
         log.info("job %s claimed (attempt %d)", job.id, job.attempts)
-        flags = _Flags(threading.Event(), threading.Event())
+        flags = _Flags(threading.Event(), threading.Event(), threading.Event())
         self._flags[job.id] = flags
         self._sink(job.id, 0, None)
         beat = asyncio.create_task(self._heartbeat(job.id, flags))
@@ -100,8 +101,15 @@ class JobRunner:
             self._flags.pop(job.id, None)
 
     async def _heartbeat(self, job_id: str, flags: _Flags) -> None:
+        deadline = time.monotonic() + self._settings.job_timeout_s
         while True:
-            await asyncio.sleep(self._settings.heartbeat_s)
+            pause = self._settings.heartbeat_s
+            if not flags.timed_out.is_set():
+                pause = max(0.0, min(pause, deadline - time.monotonic()))
+            await asyncio.sleep(pause)
+            if time.monotonic() >= deadline and not flags.timed_out.is_set():
+                flags.timed_out.set()
+                flags.interrupt.set()
             try:
                 ours, interrupt = await self._store.heartbeat(
                     job_id, self.owner, self._settings.lease_s, self._progress.get(job_id, 0)
@@ -137,6 +145,10 @@ class JobRunner:
             if flags.lease_lost.is_set():
                 log.warning("job %s: lease lost, output discarded", job.id)
                 return "lost"
+            if flags.timed_out.is_set():
+                return await self._fail(
+                    job, f"The image took longer than {self._settings.job_timeout_s:g} s; stopped."
+                )
             done = await self._store.finish(
                 job.id,
                 self.owner,
@@ -156,18 +168,21 @@ class JobRunner:
             else:
                 message = f"Generation failed: {type(exc).__name__}: {exc}"
                 log.exception("job %s failed", job.id)
-            done = await self._store.finish(
-                job.id,
-                self.owner,
-                JobStatus.FAILED,
-                message=message,
-                engine=self._engine.name,
-                **self._reached(job.id),
-            )
-            return JobStatus.FAILED.value if done else "lost"
+            return await self._fail(job, message)
         finally:
             self._progress.pop(job.id, None)
             self._previews.pop(job.id, None)
+
+    async def _fail(self, job: Job, message: str) -> str:
+        done = await self._store.finish(
+            job.id,
+            self.owner,
+            JobStatus.FAILED,
+            message=message,
+            engine=self._engine.name,
+            **self._reached(job.id),
+        )
+        return JobStatus.FAILED.value if done else "lost"
 
     def _reached(self, job_id: str) -> dict[str, Any]:
         """What an unfinished job had shown, kept in its row after it ends."""
