@@ -24,10 +24,19 @@ def _settings(**overrides: Any) -> Any:
         raise click.ClickException(
             f"this command needs the server's dependencies: pip install 'openletz[server]' ({exc})"
         ) from exc
+    from pydantic import ValidationError
+
     try:
         return Settings(**{k: v for k, v in overrides.items() if v is not None})
-    except Exception as exc:
-        raise click.ClickException(f"invalid settings: {exc}") from exc
+    except ValidationError as exc:
+        problems = "; ".join(
+            (f"OPENLETZ_{'_'.join(map(str, e['loc'])).upper()}: " if e["loc"] else "")
+            + e["msg"].removeprefix("Value error, ")
+            for e in exc.errors()
+        )
+        raise click.ClickException(f"invalid settings: {problems}") from None
+    except (OSError, ValueError) as exc:
+        raise click.ClickException(f"invalid settings: {exc}") from None
 
 
 def _with_accounts(settings: Any, fn: Callable[[Any], Awaitable[T]]) -> T:
@@ -78,6 +87,7 @@ def serve(
     log_level: str,
 ) -> None:
     """Start the API server and its worker processes."""
+    import logging
     import os
 
     import uvicorn
@@ -96,6 +106,10 @@ def serve(
         if value is not None:
             os.environ[name] = str(value)
     os.environ.setdefault("OPENLETZ_LOG_LEVEL", log_level.upper())
+    logging.basicConfig(
+        level=log_level.upper(),
+        format="%(asctime)s %(levelname)s [api %(process)d] %(name)s: %(message)s",
+    )
     first_key = _with_accounts(settings, _first_key)
     base = settings.resolved_public_base_url
     click.echo(f"openletz {_version()} on {base} (API docs at {base}/doc)")

@@ -45,7 +45,7 @@ class MemoryLiveStore(LiveStore):
     async def update(self, job_id: str, progress: int, preview: bytes | None) -> None:
         now = time.monotonic()
         old = self._entries.get(job_id)
-        if old is not None:
+        if old is not None and old[0] >= now:
             progress = max(progress, old[1].progress)
             preview = preview if preview is not None else old[1].preview
         self._entries[job_id] = (now + self._ttl, Live(progress, preview))

@@ -340,8 +340,9 @@ class JobStore:
             )
             .returning(jobs.c.id)
         )
-        failed = await self._ids(fail)
-        failed += await self._ids(interrupted)
+        # An interruption the user asked for wins over giving up: run it first.
+        failed = await self._ids(interrupted)
+        failed += await self._ids(fail)
         return Recovered(requeued=await self._ids(requeue), failed=failed)
 
     async def waiting(self, *, older_than_s: float = 0.0, limit: int = 1000) -> Sequence[str]:
