@@ -11,7 +11,7 @@ from openletz.api.services import Services
 from openletz.auth import User
 
 
-def get_services(request: Request) -> Services:
+async def get_services(request: Request) -> Services:
     services: Services = request.app.state.services
     return services
 

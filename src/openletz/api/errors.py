@@ -31,12 +31,20 @@ class ApiError(Exception):
 
 def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
     phrase = HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else "Error"
+    # A message may quote what the client sent (a field name); a lone surrogate in
+    # it would make the JSON encoder fail and the connection drop without an answer.
+    message = message.encode("utf-8", "backslashreplace").decode("utf-8")
     return JSON({"statusCode": status, "message": message, "error": phrase}, status, headers)
+
+
+_MAX_FIELD_CHARS = 100
 
 
 def _field(loc: Sequence[int | str]) -> str:
     parts = [str(p) for p in loc[1:] if not str(p).startswith("function-")]
-    return ".".join(parts) or str(loc[0])
+    field = ".".join(parts) or str(loc[0])
+    # Unknown property names come from the client: quote at most a readable prefix.
+    return field if len(field) <= _MAX_FIELD_CHARS else field[:_MAX_FIELD_CHARS] + "…"
 
 
 def describe_validation(errors: Sequence[Any]) -> str:

@@ -11,7 +11,14 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    WithJsonSchema,
+)
 from pydantic_core import PydanticCustomError
 
 MAX_PROMPT_CHARS = 4000
@@ -48,10 +55,23 @@ def _boolean(value: Any) -> Any:
     return value
 
 
+def _check_text(value: str) -> None:
+    # JSON allows lone surrogates ("\\ud800"); they are no text, and no database or
+    # JSON encoder downstream can store or send them.
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise PydanticCustomError("unicode", "must be valid Unicode text") from None
+    # PostgreSQL cannot store NUL in text, and no prompt needs one.
+    if "\x00" in value:
+        raise PydanticCustomError("nul", "must not contain the NUL character")
+
+
 def _string(max_len: int, *, allow_blank: bool = False) -> Any:
     def check(value: Any) -> Any:
         if not isinstance(value, str):
             raise PydanticCustomError("string", "must be a string")
+        _check_text(value)
         if not allow_blank and not value.strip():
             raise PydanticCustomError("blank", "must not be empty")
         if len(value) > max_len:
@@ -79,13 +99,20 @@ def _http_url(value: Any) -> Any:
         raise PydanticCustomError("url", "must be an http:// or https:// URL")
     if len(value) > 2048:
         raise PydanticCustomError("too_long", "must be at most 2048 characters long")
+    _check_text(value)
     return value
 
 
+def _int_schema(lo: int, hi: int) -> WithJsonSchema:
+    # The checks above are plain functions, invisible to the OpenAPI document: state
+    # the bounds there explicitly.
+    return WithJsonSchema({"type": "integer", "minimum": lo, "maximum": hi})
+
+
 Integer = Annotated[int, BeforeValidator(_integer)]
-Size = Annotated[Integer, _int_range(520, 2160)]
-Level = Annotated[Integer, _int_range(1, 5)]
-Seed = Annotated[Integer, _int_range(0, MAX_SEED)]
+Size = Annotated[Integer, _int_range(520, 2160), _int_schema(520, 2160)]
+Level = Annotated[Integer, _int_range(1, 5), _int_schema(1, 5)]
+Seed = Annotated[Integer, _int_range(0, MAX_SEED), _int_schema(0, MAX_SEED)]
 Bool = Annotated[bool, BeforeValidator(_boolean)]
 Mode = Annotated[Literal["default", "sigma", "turbo"], _one_of("default", "sigma", "turbo")]
 SystemVersion = Annotated[Literal[2, 3], _one_of(2, 3)]
@@ -99,7 +126,11 @@ class _Body(BaseModel):
 class ImageCreate(_Body):
     """The body of ``POST /images``."""
 
-    prompt: Annotated[str, _string(MAX_PROMPT_CHARS)] = Field(
+    prompt: Annotated[
+        str,
+        _string(MAX_PROMPT_CHARS),
+        WithJsonSchema({"type": "string", "minLength": 1, "maxLength": MAX_PROMPT_CHARS}),
+    ] = Field(
         description="What to draw. A trailing `[seed:N]` tag sets the seed when `seed` is absent."
     )
     width: Size = Field(1600, description="Width in pixels, 520 to 2160.")
@@ -113,12 +144,20 @@ class ImageCreate(_Body):
         None, description="Model generation, 2 or 3; defaults to the account's setting."
     )
     mode: Mode = Field("default", description="default (best), sigma (faster), turbo (fastest).")
-    webhookUrl: Annotated[str, BeforeValidator(_http_url)] | None = Field(
-        None, description="Receives a POST with the image object once it is ready or failed."
-    )
-    baseModel: Annotated[str, _string(200)] | None = Field(
-        None, description="A named model of the server's registry, overriding the default."
-    )
+    webhookUrl: (
+        Annotated[
+            str,
+            BeforeValidator(_http_url),
+            WithJsonSchema({"type": "string", "format": "uri", "maxLength": 2048}),
+        ]
+        | None
+    ) = Field(None, description="Receives a POST with the image object once it is ready or failed.")
+    baseModel: (
+        Annotated[
+            str, _string(200), WithJsonSchema({"type": "string", "minLength": 1, "maxLength": 200})
+        ]
+        | None
+    ) = Field(None, description="A named model of the server's registry, overriding the default.")
     seed: Seed | None = Field(
         None,
         description="openletz extension: 0 to 4294967295; the same seed and parameters "

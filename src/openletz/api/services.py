@@ -5,10 +5,11 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from sqlalchemy.engine import Engine
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from openletz.auth import Accounts
-from openletz.db import create_engine, migrate
+from openletz.db import create_engine, create_sqlite_reader, migrate
 from openletz.dispatch.base import Dispatcher
 from openletz.engines.factory import EngineChoice, choose_engine
 from openletz.jobs.store import JobStore
@@ -24,6 +25,7 @@ log = logging.getLogger("openletz")
 class Services:
     settings: Settings
     db: AsyncEngine
+    reader: Engine | None
     jobs: JobStore
     accounts: Accounts
     blobs: BlobStore
@@ -35,7 +37,8 @@ class Services:
     async def start(cls, settings: Settings) -> Services:
         db = create_engine(settings.resolved_database_url)
         await migrate(db)
-        jobs = JobStore(db)
+        reader = create_sqlite_reader(db)
+        jobs = JobStore(db, reader=reader)
         live = MemoryLiveStore()
         from openletz.dispatch.embedded import EmbeddedDispatcher
 
@@ -48,6 +51,7 @@ class Services:
         services = cls(
             settings=settings,
             db=db,
+            reader=reader,
             jobs=jobs,
             accounts=Accounts(
                 db,
@@ -67,3 +71,5 @@ class Services:
         await self.live.close()
         await self.blobs.close()
         await self.db.dispose()
+        if self.reader is not None:
+            self.reader.dispose()

@@ -14,6 +14,7 @@ from datetime import datetime, timedelta
 from typing import Any, Literal
 
 import sqlalchemy as sa
+from sqlalchemy.engine import Engine
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from openletz.jobs.status import JobStatus, sources_of
@@ -91,9 +92,14 @@ def new_job_id() -> str:
     return str(uuid.uuid4())
 
 
+_BY_ID = jobs.select().where(jobs.c.id == sa.bindparam("job_id"))
+
+
 class JobStore:
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, *, reader: Engine | None = None) -> None:
+        """``reader``: a synchronous engine for one-row reads (see ``db.create_sqlite_reader``)."""
         self._engine = engine
+        self._reader = reader
 
     async def _one(self, stmt: sa.Executable) -> Job | None:
         async with self._engine.begin() as conn:
@@ -123,8 +129,12 @@ class JobStore:
         return job
 
     async def get(self, job_id: str) -> Job | None:
-        async with self._engine.connect() as conn:
-            row = (await conn.execute(jobs.select().where(jobs.c.id == job_id))).mappings().first()
+        if self._reader is not None:
+            with self._reader.connect() as sync_conn:
+                row = sync_conn.execute(_BY_ID, {"job_id": job_id}).mappings().first()
+        else:
+            async with self._engine.connect() as conn:
+                row = (await conn.execute(_BY_ID, {"job_id": job_id})).mappings().first()
         return Job.from_row(row) if row is not None else None
 
     async def list_for_user(

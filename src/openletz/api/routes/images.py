@@ -30,7 +30,10 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     }.items()
 }
 
-ImageId = Annotated[str, Path(max_length=64, description="The image's id.")]
+# No length limit here: an id too long to exist is simply not found (404, as any
+# other unknown id), never a 400 about the path.
+ImageId = Annotated[str, Path(description="The image's id.")]
+_MAX_ID_CHARS = 64
 
 
 def iso(ts: datetime) -> str:
@@ -83,7 +86,7 @@ async def image_object(services: Services, job: Job) -> dict[str, Any]:
 
 async def _visible(services: Services, user: User, image_id: str) -> Job:
     """The job if ``user`` may read it; 404 otherwise, whether or not it exists."""
-    job = await services.jobs.get(image_id)
+    job = await services.jobs.get(image_id) if len(image_id) <= _MAX_ID_CHARS else None
     if job is None or (job.user_id != user.id and job.privacy != "public"):
         raise ApiError(404, f"image {image_id} not found")
     return job
