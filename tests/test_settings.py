@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def test_configuration_doc_lists_every_setting() -> None:
     doc = (ROOT / "docs" / "configuration.md").read_text()
-    assert doc.endswith(Settings.reference()), "regenerate the table with Settings.reference()"
+    assert doc.endswith(Settings.reference()), "run scripts/gen-config-doc"
 
 
 def test_production_refuses_the_development_secret() -> None:

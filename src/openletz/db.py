@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import create_engine as sa_create_engine
-from sqlalchemy import event
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy import Select, event
+from sqlalchemy.dialects import sqlite as sqlite_dialect
+from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
@@ -42,21 +43,58 @@ def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
     return create_async_engine(url, **kwargs)
 
 
-def create_sqlite_reader(engine: AsyncEngine) -> Engine | None:
-    """A synchronous engine on the same SQLite file, for reads on the event loop.
+class SqliteReader:
+    """One-row reads of a SQLite file on the event loop's own thread.
 
     aiosqlite hands every step of a query to a thread of its own: about half a
-    millisecond for a one-row read that SQLite itself answers in microseconds. In
-    WAL mode a reader never waits for a writer, so small reads are cheaper done
-    in place. Writes stay on the async engine: they may wait for the write lock.
-    ``None`` for other databases, whose async drivers are fast.
+    millisecond for a read that SQLite answers in microseconds. In WAL mode a
+    reader never waits for a writer, so small reads are cheaper done in place.
+    Statements are SQLAlchemy's, compiled once; values pass through the column
+    types' own result processors, so rows come back exactly as the async engine
+    would return them. Writes stay on the async engine: they can wait for a lock.
     """
+
+    def __init__(self, path: str) -> None:
+        self._conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        _sqlite_pragmas(self._conn, None)
+        self._dialect = sqlite_dialect.dialect()
+        self._prepared: dict[int, tuple[str, tuple[str, ...], list[Any], list[str]]] = {}
+
+    def _prepare(self, stmt: Select[Any]) -> tuple[str, tuple[str, ...], list[Any], list[str]]:
+        compiled = stmt.compile(dialect=self._dialect)
+        columns = list(stmt.selected_columns)
+        processors = [
+            c.type.dialect_impl(self._dialect).result_processor(self._dialect, None)
+            for c in columns
+        ]
+        names = tuple(compiled.positiontup or ())
+        return str(compiled), names, processors, [str(c.key) for c in columns]
+
+    def first(self, stmt: Select[Any], params: dict[str, Any]) -> dict[str, Any] | None:
+        prepared = self._prepared.get(id(stmt))
+        if prepared is None:
+            prepared = self._prepared[id(stmt)] = self._prepare(stmt)
+        sql, names, processors, keys = prepared
+        row = self._conn.execute(sql, [params[n] for n in names]).fetchone()
+        if row is None:
+            return None
+        return {
+            k: (p(v) if p is not None else v) for k, p, v in zip(keys, processors, row, strict=True)
+        }
+
+    def close(self) -> None:
+        self._conn.close()
+
+
+def create_sqlite_reader(engine: AsyncEngine) -> SqliteReader | None:
+    """A :class:`SqliteReader` on ``engine``'s file; ``None`` for other databases,
+    whose async drivers are fast, and for in-memory SQLite, which is per connection."""
     if engine.dialect.name != "sqlite":
         return None
-    url = engine.url.set(drivername="sqlite")
-    reader = sa_create_engine(url, pool_size=4, max_overflow=8)
-    event.listen(reader, "connect", _sqlite_pragmas)
-    return reader
+    path = engine.url.database
+    if not path or path == ":memory:":
+        return None
+    return SqliteReader(path)
 
 
 def _alembic_config(connection: Connection | None = None) -> Config:

@@ -64,6 +64,12 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(1_048_576, ge=1024, description="Larger request bodies get 413.")
     secret_key: str = Field(_DEV_SECRET, description="Signs private image URLs.")
     signed_url_ttl_s: int = Field(3600, ge=10, description="How long a private image URL works.")
+    finished_cache_ttl_s: float = Field(
+        1.0,
+        ge=0,
+        description="How long an API server reuses a finished image's row "
+        "(another server's privacy change or deletion shows within this time).",
+    )
     auth_cache_ttl_s: float = Field(
         5.0, ge=0, description="How long a key lookup is cached (a revocation takes this long)."
     )

@@ -5,11 +5,11 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from sqlalchemy.engine import Engine
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from openletz.api.presenter import Presenter
 from openletz.auth import Accounts
-from openletz.db import create_engine, create_sqlite_reader, migrate
+from openletz.db import SqliteReader, create_engine, create_sqlite_reader, migrate
 from openletz.dispatch.base import Dispatcher
 from openletz.engines.factory import EngineChoice, choose_engine
 from openletz.jobs.store import JobStore
@@ -25,20 +25,21 @@ log = logging.getLogger("openletz")
 class Services:
     settings: Settings
     db: AsyncEngine
-    reader: Engine | None
+    reader: SqliteReader | None
     jobs: JobStore
     accounts: Accounts
     blobs: BlobStore
     live: LiveStore
     dispatcher: Dispatcher
     engine: EngineChoice
+    presenter: Presenter
 
     @classmethod
     async def start(cls, settings: Settings) -> Services:
         db = create_engine(settings.resolved_database_url)
         await migrate(db)
         reader = create_sqlite_reader(db)
-        jobs = JobStore(db, reader=reader)
+        jobs = JobStore(db, reader=reader, finished_ttl_s=settings.finished_cache_ttl_s)
         live = MemoryLiveStore()
         from openletz.dispatch.embedded import EmbeddedDispatcher
 
@@ -48,6 +49,7 @@ class Services:
             log.warning("engine: SANDBOX. %s", engine.reason)
         else:
             log.info("engine: %s (%s)", engine.name, engine.reason)
+        blobs = make_blob_store(settings)
         services = cls(
             settings=settings,
             db=db,
@@ -58,10 +60,11 @@ class Services:
                 cache_ttl_s=settings.auth_cache_ttl_s,
                 default_system_version=settings.default_system_version,
             ),
-            blobs=make_blob_store(settings),
+            blobs=blobs,
             live=live,
             dispatcher=dispatcher,
             engine=engine,
+            presenter=Presenter(blobs, live, engine.name),
         )
         await dispatcher.start()
         return services
@@ -72,4 +75,4 @@ class Services:
         await self.blobs.close()
         await self.db.dispose()
         if self.reader is not None:
-            self.reader.dispose()
+            self.reader.close()

@@ -7,16 +7,17 @@ read-then-write: the ``WHERE`` clause is the guard, ``RETURNING`` the answer.
 
 from __future__ import annotations
 
+import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Engine
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from openletz.db import SqliteReader
 from openletz.jobs.status import JobStatus, sources_of
 from openletz.jobs.tables import jobs, utcnow
 
@@ -74,7 +75,7 @@ class Job:
     finished_at: datetime | None
 
     @classmethod
-    def from_row(cls, row: sa.RowMapping) -> Job:
+    def from_row(cls, row: Mapping[Any, Any]) -> Job:
         values: dict[str, Any] = dict(row)
         values["status"] = JobStatus(values["status"])
         return cls(**values)
@@ -96,10 +97,25 @@ _BY_ID = jobs.select().where(jobs.c.id == sa.bindparam("job_id"))
 
 
 class JobStore:
-    def __init__(self, engine: AsyncEngine, *, reader: Engine | None = None) -> None:
-        """``reader``: a synchronous engine for one-row reads (see ``db.create_sqlite_reader``)."""
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        *,
+        reader: SqliteReader | None = None,
+        finished_ttl_s: float = 0.0,
+    ) -> None:
+        """``reader`` serves one-row reads without the async driver (SQLite only).
+
+        ``finished_ttl_s`` > 0 keeps finished jobs read by :meth:`get` for that long.
+        A finished job changes only by a privacy change or a deletion; those made
+        through this store take effect at once, those made by another API server
+        within ``finished_ttl_s``. Clients poll finished images too, and the hosted
+        API's own clients poll every few seconds: most reads of a job come after it ended.
+        """
         self._engine = engine
         self._reader = reader
+        self._finished_ttl = finished_ttl_s
+        self._finished: dict[str, tuple[float, Job]] = {}
 
     async def _one(self, stmt: sa.Executable) -> Job | None:
         async with self._engine.begin() as conn:
@@ -129,13 +145,24 @@ class JobStore:
         return job
 
     async def get(self, job_id: str) -> Job | None:
+        if self._finished_ttl > 0:
+            hit = self._finished.get(job_id)
+            if hit is not None and hit[0] > time.monotonic():
+                return hit[1]
+        row: Mapping[Any, Any] | None
         if self._reader is not None:
-            with self._reader.connect() as sync_conn:
-                row = sync_conn.execute(_BY_ID, {"job_id": job_id}).mappings().first()
+            row = self._reader.first(_BY_ID, {"job_id": job_id})
         else:
             async with self._engine.connect() as conn:
                 row = (await conn.execute(_BY_ID, {"job_id": job_id})).mappings().first()
-        return Job.from_row(row) if row is not None else None
+        if row is None:
+            return None
+        job = Job.from_row(row)
+        if self._finished_ttl > 0 and job.status.is_terminal():
+            if len(self._finished) >= 10_000:
+                self._finished.clear()
+            self._finished[job_id] = (time.monotonic() + self._finished_ttl, job)
+        return job
 
     async def list_for_user(
         self,
@@ -167,10 +194,14 @@ class JobStore:
             .values(privacy=privacy, updated_at=utcnow())
             .returning(*jobs.c)
         )
-        return await self._one(stmt)
+        job = await self._one(stmt)
+        self._finished.pop(job_id, None)
+        return job
 
     async def delete(self, job_id: str) -> Job | None:
-        return await self._one(jobs.delete().where(jobs.c.id == job_id).returning(*jobs.c))
+        job = await self._one(jobs.delete().where(jobs.c.id == job_id).returning(*jobs.c))
+        self._finished.pop(job_id, None)
+        return job
 
     async def request_interrupt(self, job_id: str) -> Job | None:
         """Stop a job: a queued one ends now and never starts; a running one is flagged

@@ -49,6 +49,8 @@ class LocalBlobStore(BlobStore):
         self._secret = secret
         self._ttl_s = url_ttl_s
         self._clock = clock
+        self._urls: dict[tuple[str, int], str] = {}
+        self._expires_value = 0
 
     @property
     def root(self) -> Path:
@@ -130,14 +132,30 @@ class LocalBlobStore(BlobStore):
     # -- URLs ------------------------------------------------------------------
 
     def url(self, key: str, *, public: bool) -> str:
+        # Expiry times are whole minutes, so a URL is the same for a minute (and a
+        # public one for ever): polls of a ready image build nothing most of the time.
+        expires = 0 if public else self._expires()
+        cached = self._urls.get((key, expires))
+        if cached is not None:
+            return cached
         check_key(key)
         # Keys are [A-Za-z0-9_-./] only, so they need no percent-encoding.
-        base = f"{self._base_url}/files/{key}"
-        if public:
-            return base
-        expires = _signing.expires_at(self._clock(), self._ttl_s)
-        signature = _signing.sign(self._secret, key, expires)
-        return f"{base}?expires={expires}&signature={signature}"
+        url = f"{self._base_url}/files/{key}"
+        if not public:
+            signature = _signing.sign(self._secret, key, expires)
+            url = f"{url}?expires={expires}&signature={signature}"
+        if len(self._urls) >= 4096:
+            self._urls.clear()
+        self._urls[key, expires] = url
+        return url
+
+    def _expires(self) -> int:
+        # The expiry moves once a minute: compute it once per minute, not per URL.
+        # expires_at(t) is E for every t + ttl in (E - 60, E].
+        now = self._clock()
+        if not self._expires_value - 60 < now + self._ttl_s <= self._expires_value:
+            self._expires_value = _signing.expires_at(now, self._ttl_s)
+        return self._expires_value
 
     def verify(self, key: str, expires: str | int | None, signature: str | None) -> bool:
         """Whether a private URL's ``expires`` and ``signature`` grant access to ``key``."""

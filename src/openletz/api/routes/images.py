@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
-import base64
 import secrets
-from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Path, Query
+from fastapi import APIRouter, Path, Query, Request
 from starlette.responses import Response
 
-from openletz.api.deps import ServicesDep, UserDep
+from openletz.api.deps import ServicesDep, UserDep, authenticate, services_of
 from openletz.api.errors import ApiError
 from openletz.api.responses import JSON
+from openletz.api.routing import PlainRoute
 from openletz.api.schemas import ErrorBody, ImageCreate, ImagePublic, PrivacyUpdate
 from openletz.api.services import Services
 from openletz.auth import User
-from openletz.jobs.status import JobStatus
 from openletz.jobs.store import Job, NewJob
 
 router = APIRouter(prefix="/images", tags=["images"])
@@ -34,54 +32,6 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 # other unknown id), never a 400 about the path.
 ImageId = Annotated[str, Path(description="The image's id.")]
 _MAX_ID_CHARS = 64
-
-
-def iso(ts: datetime) -> str:
-    """ISO 8601 in UTC with milliseconds and ``Z``, as JavaScript's ``toISOString``."""
-    return ts.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ts.microsecond // 1000:03d}Z"
-
-
-async def image_object(services: Services, job: Job) -> dict[str, Any]:
-    progress, preview = job.progress, job.preview
-    if job.status is JobStatus.IN_PROGRESS:
-        live = await services.live.get(job.id)
-        if live is not None:
-            progress = max(progress, live.progress)
-            preview = live.preview or preview
-        progress = min(progress, 99)  # 100 means ready, and nothing else
-    elif job.status is not JobStatus.READY:
-        progress = min(progress, 99)
-    versions: dict[str, str] = {}
-    if job.status is JobStatus.READY and job.image_versions:
-        public = job.privacy == "public"
-        versions = {
-            name: services.blobs.url(key, public=public) for name, key in job.image_versions.items()
-        }
-    engine = job.engine or services.engine.name
-    return {
-        "id": job.id,
-        "prompt": job.prompt,
-        "status": job.status.value,
-        "progress": progress,
-        "progressMessage": job.progress_message,
-        "previewImage": base64.b64encode(preview).decode() if preview else None,
-        "imageVersions": versions,
-        "hasWatermark": job.has_watermark,
-        "privacy": job.privacy,
-        "createdAt": iso(job.created_at),
-        "updatedAt": iso(job.updated_at),
-        "width": job.width,
-        "height": job.height,
-        "quality": job.quality,
-        "creativity": job.creativity,
-        "systemVersion": job.system_version,
-        "mode": job.mode,
-        "seed": job.seed,
-        "baseModel": job.base_model,
-        "webhookUrl": job.webhook_url,
-        "engine": engine,
-        "sandbox": engine == "sandbox",
-    }
 
 
 async def _visible(services: Services, user: User, image_id: str) -> Job:
@@ -128,7 +78,7 @@ async def create_image(body: ImageCreate, user: UserDep, services: ServicesDep) 
         )
     )
     await services.dispatcher.enqueue(job.id)
-    return JSON(await image_object(services, job))
+    return JSON(await services.presenter.image(job))
 
 
 @router.get(
@@ -152,17 +102,28 @@ async def list_images(
         sort_by=sortBy,
         sort_order="ASC" if sortOrder.upper() == "ASC" else "DESC",
     )
-    return JSON([await image_object(services, job) for job in jobs])
+    return JSON([await services.presenter.image(job) for job in jobs])
 
 
-@router.get(
+async def get_image(image_id: ImageId, request: Request) -> Response:
+    """Read an image generation task (poll every 3 s until ready or failed)."""
+    services = services_of(request)
+    user = await authenticate(request, services)
+    job = await _visible(services, user, image_id)
+    return Response(await services.presenter.image_json(job), media_type="application/json")
+
+
+# Every waiting client polls this route every few seconds, so it runs as a
+# PlainRoute and resolves the services and the user with plain calls.
+router.add_api_route(
     "/{image_id}",
+    get_image,
+    methods=["GET"],
     response_model=ImagePublic,
     responses=_ERRORS,
     summary="Read an image generation task (poll every 3 s until ready or failed)",
+    route_class_override=PlainRoute,
 )
-async def get_image(image_id: ImageId, user: UserDep, services: ServicesDep) -> Response:
-    return JSON(await image_object(services, await _visible(services, user, image_id)))
 
 
 @router.put(
@@ -192,7 +153,7 @@ async def set_privacy(
     job = await services.jobs.set_privacy(image_id, body.privacy)
     if job is None:
         raise ApiError(404, f"image {image_id} not found")
-    return JSON(await image_object(services, job))
+    return JSON(await services.presenter.image(job))
 
 
 @router.delete(
