@@ -219,6 +219,126 @@ def users_set(name: str, system_version: str) -> None:
     click.echo(f"{user.name}: default systemVersion {user.default_system_version}")
 
 
+@main.group()
+def models() -> None:
+    """The model registry of the diffusers engine: list, check and pull models."""
+
+
+def _registry() -> Any:
+    from openletz.engines.diffusers.registry import Registry, RegistryError
+
+    try:
+        return Registry.load(_settings().models_file or None)
+    except RegistryError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _pick(registry: Any, names: tuple[str, ...]) -> list[str]:
+    unknown = [n for n in names if n not in registry.models]
+    if unknown:
+        raise click.ClickException(
+            f"no model named {', '.join(unknown)}; known: {', '.join(sorted(registry.models))}"
+        )
+    return list(names) or list(registry.models)
+
+
+@models.command("list")
+def models_list() -> None:
+    """Each model: family, source, the slots it fills, and whether it is on this machine."""
+    from openletz.engines.diffusers.availability import installed, is_local
+
+    registry = _registry()
+    slots: dict[str, list[str]] = {}
+    for version, modes in registry.slots.items():
+        for mode, name in modes.items():
+            slots.setdefault(name, []).append(f"{version}/{mode}")
+    click.echo(f"registry: {registry.path}")
+    missing = installed()
+    if missing:
+        click.echo(f"note: the diffusers engine cannot run here: {missing}")
+    click.echo(f"{'MODEL':<18} {'FAMILY':<13} {'LOCAL':<6} {'SLOTS':<22} SOURCE")
+    for name in registry.models:
+        resolved = registry.get(name)
+        local = (
+            "no"
+            if missing and resolved.source.kind == "hub"
+            else ("yes" if is_local(resolved) else "no")
+        )
+        used = ",".join(slots.get(name, [])) or "-"
+        family = resolved.spec.family
+        click.echo(f"{name:<18} {family:<13} {local:<6} {used:<22} {resolved.source.location}")
+
+
+@models.command("check")
+@click.argument("names", nargs=-1)
+def models_check(names: tuple[str, ...]) -> None:
+    """Load each model (all by default) and make one small image with it."""
+    from openletz.engines.base import EngineError, GenerationRequest
+    from openletz.engines.diffusers.availability import installed
+
+    missing = installed()
+    if missing:
+        raise click.ClickException(f"the diffusers engine cannot run here: {missing}")
+    from openletz.engines.diffusers.engine import DiffusersEngine
+
+    registry = _registry()
+    settings = _settings()
+    engine = DiffusersEngine(
+        registry, device=settings.device, memory_budget_gb=settings.model_memory_gb
+    )
+    broken = 0
+    for name in _pick(registry, names):
+        request = GenerationRequest("a lighthouse at dusk", 520, 520, 1, 3, 3, "default", 0, name)
+        try:
+            image = engine.generate(request, lambda update: None)
+        except EngineError as exc:
+            broken += 1
+            click.echo(f"{name}: broken: {exc}")
+            continue
+        click.echo(f"{name}: ok ({image.width}x{image.height} on {engine.device})")
+        engine.close()
+    if broken:
+        raise click.ClickException(f"{broken} model(s) could not be used")
+
+
+@models.command("pull")
+@click.argument("names", nargs=-1)
+def models_pull(names: tuple[str, ...]) -> None:
+    """Download the hub models (all by default) into the local cache."""
+    from openletz.engines.diffusers.availability import installed
+    from openletz.engines.diffusers.registry import SourceKind
+
+    missing = installed()
+    if missing:
+        raise click.ClickException(f"the diffusers engine cannot run here: {missing}")
+    from diffusers import DiffusionPipeline
+
+    registry = _registry()
+    failed = 0
+    for name in _pick(registry, names):
+        resolved = registry.get(name)
+        repo = resolved.source.location if resolved.source.kind is SourceKind.HUB else None
+        if repo is None and resolved.source.config and not resolved.source.config.startswith("/"):
+            repo = resolved.source.config  # a single file's layout, from the hub
+        if repo is None:
+            click.echo(f"{name}: local ({resolved.source.location}), nothing to pull")
+            continue
+        click.echo(f"{name}: pulling {repo} ...")
+        try:
+            kwargs = {"revision": resolved.spec.revision}
+            if resolved.spec.variant:
+                kwargs["variant"] = resolved.spec.variant
+            DiffusionPipeline.download(repo, **kwargs)
+        except Exception as exc:
+            failed += 1
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            click.echo(f"{name}: failed: {reason}")
+            continue
+        click.echo(f"{name}: ready")
+    if failed:
+        raise click.ClickException(f"{failed} model(s) could not be pulled")
+
+
 @main.command()
 def migrate() -> None:
     """Bring the database schema up to date (serve does this too)."""

@@ -108,6 +108,24 @@ class Settings(BaseSettings):
         pattern=r"^(auto|sandbox|diffusers|[\w.]+:\w+)$",
         description="auto, sandbox, diffusers, or package.module:factory.",
     )
+    models_file: str = Field(
+        "", description="The model registry (YAML); default: the one openletz ships."
+    )
+    device: str = Field(
+        "auto", pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$", description="auto, cpu, mps or cuda[:N]."
+    )
+    model_memory_gb: float | None = Field(
+        None,
+        gt=0,
+        description="Memory for loaded models; default: 85 % of the GPU or half the RAM.",
+    )
+    compile: bool = Field(False, description="torch.compile the denoiser on CUDA (slow first run).")
+    batch_max: int = Field(
+        4, ge=1, le=64, description="Most compatible jobs a worker runs as one pipeline call."
+    )
+    batch_window_s: float = Field(
+        0.05, ge=0, le=5, description="How long a worker waits to fill a batch."
+    )
     sandbox_duration_s: float = Field(
         4.0, ge=0, description="Sandbox time per image at quality 2 (scales with quality)."
     )

@@ -33,6 +33,8 @@ class Services:
     dispatcher: Dispatcher
     engine: EngineChoice
     presenter: Presenter
+    #: the model names a request's baseModel may take; None when any is accepted
+    model_names: frozenset[str] | None = None
 
     @classmethod
     async def start(cls, settings: Settings) -> Services:
@@ -45,6 +47,11 @@ class Services:
 
         dispatcher = EmbeddedDispatcher(settings, jobs, live)
         engine = choose_engine(settings)
+        model_names = None
+        if engine.name == "diffusers":
+            from openletz.engines.diffusers.registry import Registry
+
+            model_names = frozenset(Registry.load(settings.models_file or None).models)
         if engine.name == "sandbox":
             log.warning("engine: SANDBOX. %s", engine.reason)
         else:
@@ -65,6 +72,7 @@ class Services:
             dispatcher=dispatcher,
             engine=engine,
             presenter=Presenter(blobs, live, engine.name),
+            model_names=model_names,
         )
         await dispatcher.start()
         return services

@@ -30,7 +30,7 @@ class _Worker:
     proc: asyncio.subprocess.Process
     owner: str | None = None
     engine: str | None = None
-    job: str | None = None
+    jobs: set[str] = field(default_factory=set)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     def send(self, msg: protocol.Message) -> None:
@@ -47,7 +47,9 @@ class EmbeddedDispatcher(Dispatcher):
         self._live = live
         self._queue: asyncio.Queue[str] = asyncio.Queue()
         self._queued: set[str] = set()
+        # One entry per free slot: a worker of capacity 4 (batching) appears 4 times.
         self._idle: asyncio.Queue[_Worker] = asyncio.Queue()
+        self._models: dict[str, dict[str, str | None]] = {}
         self._workers: dict[int, _Worker] = {}
         self._running: dict[str, _Worker] = {}
         self._tasks: list[asyncio.Task[None]] = []
@@ -88,6 +90,7 @@ class EmbeddedDispatcher(Dispatcher):
             "ready": sum(1 for w in self._workers.values() if w.owner is not None),
             "busy": len(self._running),
             "queued": self._queue.qsize(),
+            "models": dict(self._models),
         }
 
     # -- workers --------------------------------------------------------------
@@ -116,11 +119,14 @@ class EmbeddedDispatcher(Dispatcher):
                     await self._live.update(msg.job, msg.progress, msg.preview)
                 elif isinstance(msg, protocol.Done):
                     self._running.pop(msg.job, None)
-                    worker.job = None
+                    worker.jobs.discard(msg.job)
                     self._idle.put_nowait(worker)
                 elif isinstance(msg, protocol.Hello):
                     worker.owner, worker.engine = msg.owner, msg.engine
-                    self._idle.put_nowait(worker)
+                    for _ in range(max(1, msg.capacity)):
+                        self._idle.put_nowait(worker)
+                elif isinstance(msg, protocol.ModelState):
+                    self._models[msg.model] = {"state": msg.state, "detail": msg.detail}
         except (ValueError, KeyError):
             log.exception("worker %d sent a malformed message; restarting it", worker.index)
             worker.proc.kill()
@@ -130,12 +136,17 @@ class EmbeddedDispatcher(Dispatcher):
 
     async def _on_death(self, worker: _Worker, code: int) -> None:
         log.error("worker %d (pid %d) exited with code %s", worker.index, worker.proc.pid, code)
-        if worker.job is not None:
-            self._running.pop(worker.job, None)
+        sent = list(worker.jobs)
+        for job_id in sent:
+            self._running.pop(job_id, None)
         if worker.owner is not None:
-            # Recover its job now instead of waiting for the lease to run out.
+            # Recover its jobs now instead of waiting for the leases to run out.
             await self._store.release_owner(worker.owner)
             self._recover_now.set()
+        # Jobs it had been sent but not yet claimed are still "new": send them again
+        # (a claimed one that recovery requeues is sent again too; claims are atomic).
+        for job_id in sent:
+            await self.enqueue(job_id)
         self._workers.pop(worker.index, None)
         # A worker that dies at start-up (bad config) would otherwise respawn in a
         # tight loop; a second's pause costs nothing when deaths are rare.
@@ -161,12 +172,12 @@ class EmbeddedDispatcher(Dispatcher):
         while True:
             job_id = await self._queue.get()
             worker = await self._idle.get()
-            if worker.proc.returncode is not None or worker.index not in self._workers:
+            if worker.proc.returncode is not None or self._workers.get(worker.index) is not worker:
                 # It died while idle; its replacement announces itself with Hello.
                 self._queue.put_nowait(job_id)
                 continue
             self._queued.discard(job_id)
-            worker.job = job_id
+            worker.jobs.add(job_id)
             self._running[job_id] = worker
             try:
                 worker.send(protocol.Run(job_id))

@@ -8,7 +8,7 @@ which must propagate out of :meth:`Engine.generate` at once (no decode).
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 
 from PIL import Image
@@ -61,6 +61,29 @@ class Engine(ABC):
     @abstractmethod
     def generate(self, request: GenerationRequest, on_step: StepCallback) -> Image.Image:
         """Make one image of exactly ``request.width`` x ``request.height`` pixels."""
+
+    @property
+    def batches(self) -> bool:
+        """Whether this engine runs compatible requests as one call."""
+        return type(self).batch_key is not Engine.batch_key
+
+    def batch_key(self, request: GenerationRequest) -> Hashable | None:
+        """Requests with the same key (not ``None``) may run as one batch."""
+        return None
+
+    def generate_batch(
+        self, requests: Sequence[GenerationRequest], on_steps: Sequence[StepCallback]
+    ) -> list[Image.Image | BaseException]:
+        """Requests of one :meth:`batch_key`: an image each, or the exception that
+        ended that one (``Interrupted``, ``EngineError``). Engines that can run a
+        batch as one call override this; here they run one after the other."""
+        results: list[Image.Image | BaseException] = []
+        for request, on_step in zip(requests, on_steps, strict=True):
+            try:
+                results.append(self.generate(request, on_step))
+            except (Interrupted, EngineError) as exc:
+                results.append(exc)
+        return results
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release what :meth:`load` took."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 from openletz.engines.base import Engine
 from openletz.settings import Settings
@@ -22,30 +23,54 @@ def choose_engine(settings: Settings) -> EngineChoice:
     """Decide without importing model code (the API process calls this too)."""
     if settings.engine == "sandbox":
         return EngineChoice("sandbox", "the sandbox engine was asked for (OPENLETZ_ENGINE=sandbox)")
-    if settings.engine == "diffusers":
-        return EngineChoice("diffusers", "the diffusers engine was asked for")
     if ":" in settings.engine:
         return EngineChoice(settings.engine, f"the engine {settings.engine} was asked for")
-    return EngineChoice(
-        "sandbox",
-        "the diffusers engine is not part of this build, so images come from the "
-        "weight-free sandbox engine (not a model)",
-    )
+    from openletz.engines.diffusers.availability import installed, local_models
+    from openletz.engines.diffusers.registry import Registry
+
+    if settings.engine == "diffusers":
+        return EngineChoice("diffusers", "the diffusers engine was asked for")
+    missing = installed()
+    if missing is not None:
+        return EngineChoice(
+            "sandbox",
+            f"the diffusers engine cannot run: {missing}; images come from the weight-free "
+            "sandbox engine (not a model)",
+        )
+    registry = Registry.load(settings.models_file or None)
+    available = local_models(registry)
+    if not available:
+        return EngineChoice(
+            "sandbox",
+            f"none of the models of {registry.path} is on this machine (run `openletz models "
+            "pull`, or point the registry at local files); images come from the weight-free "
+            "sandbox engine (not a model)",
+        )
+    return EngineChoice("diffusers", f"diffusers, with local models: {', '.join(available)}")
 
 
-def make_engine(settings: Settings) -> Engine:
+def make_engine(settings: Settings, on_model_state: Any = None) -> Engine:
     choice = choose_engine(settings)
-    if choice.name == "diffusers":
-        raise RuntimeError("the diffusers engine is not available in this build")
     if ":" in choice.name:
         module, _, attr = choice.name.partition(":")
         factory = getattr(importlib.import_module(module), attr)
-        engine: Engine = factory(settings)
-        log.info("engine: %s (%s)", engine.name, choice.reason)
-        return engine
+        custom: Engine = factory(settings)
+        log.info("engine: %s (%s)", custom.name, choice.reason)
+        return custom
+    log.info("engine: %s (%s)", choice.name, choice.reason)
+    if choice.name == "diffusers":
+        from openletz.engines.diffusers.engine import DiffusersEngine
+        from openletz.engines.diffusers.registry import Registry
+
+        return DiffusersEngine(
+            Registry.load(settings.models_file or None),
+            device=settings.device,
+            memory_budget_gb=settings.model_memory_gb,
+            compile=settings.compile,
+            on_model_state=on_model_state,
+        )
     from openletz.engines.sandbox import SandboxEngine
 
-    log.info("engine: %s (%s)", choice.name, choice.reason)
     return SandboxEngine(
         duration_s=settings.sandbox_duration_s,
         steps_per_quality=settings.sandbox_steps_per_quality,

@@ -44,24 +44,53 @@ async def serve_stdio(settings: Settings) -> None:
     def sink(job_id: str, progress: int, preview: bytes | None) -> None:
         loop.call_soon_threadsafe(emit, protocol.Progress(job_id, progress, preview))
 
+    def model_state(name: str, state: str, detail: str | None) -> None:
+        loop.call_soon_threadsafe(emit, protocol.ModelState(name, state, detail))
+
     db = create_engine(settings.resolved_database_url)
     store = JobStore(db)
     blobs = make_blob_store(settings)
-    engine = make_engine(settings)
+    engine = make_engine(settings, on_model_state=model_state)
     await asyncio.to_thread(engine.load)
     runner = JobRunner(
         owner=worker_name(), store=store, blobs=blobs, engine=engine, settings=settings, sink=sink
     )
     queue: asyncio.Queue[str] = asyncio.Queue()
+    capacity = settings.batch_max if engine.batches else 1
+
+    async def next_batch() -> list[list[str]]:
+        """Waiting jobs, grouped by batch key. The batch window is waited out only
+        when the engine can batch the first job, so that others pay no latency."""
+        pending = [await queue.get()]
+        keys = [await runner.batch_key(pending[0])]
+        deadline = loop.time() + (settings.batch_window_s if keys[0] is not None else 0.0)
+        while len(pending) < capacity:
+            try:
+                job_id = queue.get_nowait()
+            except asyncio.QueueEmpty:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                try:
+                    job_id = await asyncio.wait_for(queue.get(), remaining)
+                except TimeoutError:
+                    break
+            pending.append(job_id)
+            keys.append(await runner.batch_key(job_id))
+        groups: dict[object, list[str]] = {}
+        for job_id, key in zip(pending, keys, strict=True):
+            groups.setdefault(key if key is not None else ("alone", job_id), []).append(job_id)
+        return list(groups.values())
 
     async def work() -> None:
         while True:
-            job_id = await queue.get()
-            status = await runner.run(job_id)
-            emit(protocol.Done(job_id, status))
+            for group in await next_batch():
+                statuses = await runner.run_batch(group)
+                for job_id, status in statuses.items():
+                    emit(protocol.Done(job_id, status))
 
     worker_task = asyncio.create_task(work())
-    emit(protocol.Hello(owner=runner.owner, engine=engine.name))
+    emit(protocol.Hello(owner=runner.owner, engine=engine.name, capacity=capacity))
     try:
         while line := await reader.readline():
             msg = protocol.decode(line)

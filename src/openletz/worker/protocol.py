@@ -27,11 +27,23 @@ class Interrupt:
 
 @dataclass(frozen=True, slots=True)
 class Hello:
-    """The worker is up and idle; ``owner`` is the name it claims jobs under."""
+    """The worker is up and idle; ``owner`` is the name it claims jobs under, and
+    ``capacity`` how many jobs it takes at once (to batch them)."""
 
     owner: str
     engine: str
+    capacity: int = 1
     kind: ClassVar[str] = "hello"
+
+
+@dataclass(frozen=True, slots=True)
+class ModelState:
+    """A model of the worker's engine is ``loading``, ``ready``, ``broken`` or ``unloaded``."""
+
+    model: str
+    state: str
+    detail: str | None = None
+    kind: ClassVar[str] = "model"
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,8 +64,10 @@ class Done:
     kind: ClassVar[str] = "done"
 
 
-Message = Run | Interrupt | Hello | Progress | Done
-_KINDS: dict[str, type[Message]] = {c.kind: c for c in (Run, Interrupt, Hello, Progress, Done)}
+Message = Run | Interrupt | Hello | ModelState | Progress | Done
+_KINDS: dict[str, type[Message]] = {
+    c.kind: c for c in (Run, Interrupt, Hello, ModelState, Progress, Done)
+}
 
 
 def encode(msg: Message) -> bytes:

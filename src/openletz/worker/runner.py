@@ -11,7 +11,7 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -86,61 +86,66 @@ class JobRunner:
 
     async def run(self, job_id: str) -> str:
         """Run ``job_id`` if it can be claimed; returns its end status or "skipped"."""
-        job = await self._store.claim(job_id, self.owner, self._settings.lease_s)
-        if job is None:
-            return "skipped"
-        log.info("job %s claimed (attempt %d)", job.id, job.attempts)
-        flags = _Flags(threading.Event(), threading.Event(), threading.Event())
-        self._flags[job.id] = flags
-        self._sink(job.id, 0, None)
-        beat = asyncio.create_task(self._heartbeat(job.id, flags))
+        return (await self.run_batch([job_id]))[job_id]
+
+    async def batch_key(self, job_id: str) -> Hashable | None:
+        """The engine's batch key of a waiting job (``None``: run it alone)."""
+        if not self._engine.batches:
+            return None
+        job = await self._store.get(job_id)
+        if job is None or job.status is not JobStatus.NEW:
+            return None
+        return await asyncio.to_thread(self._engine.batch_key, _request_of(job))
+
+    async def run_batch(self, job_ids: Sequence[str]) -> dict[str, str]:
+        """Claim ``job_ids`` (of one batch key) and run those claimed as one engine
+        call. Returns each id's end status, or "skipped" for those not claimed."""
+        statuses = dict.fromkeys(job_ids, "skipped")
+        jobs: list[Job] = []
+        for job_id in job_ids:
+            job = await self._store.claim(job_id, self.owner, self._settings.lease_s)
+            if job is not None:
+                log.info("job %s claimed (attempt %d)", job.id, job.attempts)
+                jobs.append(job)
+        if not jobs:
+            return statuses
+        flags = [_Flags(threading.Event(), threading.Event(), threading.Event()) for _ in jobs]
+        beats = []
+        for job, flag in zip(jobs, flags, strict=True):
+            self._flags[job.id] = flag
+            self._sink(job.id, 0, None)
+            beats.append(asyncio.create_task(self._heartbeat(job.id, flag)))
         try:
-            return await self._run_claimed(job, flags)
+            outcomes = await self._generate(jobs, flags)
+            for job, flag, outcome in zip(jobs, flags, outcomes, strict=True):
+                statuses[job.id] = await self._conclude(job, flag, outcome)
         finally:
-            beat.cancel()
-            self._flags.pop(job.id, None)
+            for beat in beats:
+                beat.cancel()
+            for job in jobs:
+                self._flags.pop(job.id, None)
+                self._progress.pop(job.id, None)
+                self._previews.pop(job.id, None)
+        return statuses
 
-    async def _heartbeat(self, job_id: str, flags: _Flags) -> None:
-        deadline = time.monotonic() + self._settings.job_timeout_s
-        while True:
-            pause = self._settings.heartbeat_s
-            if not flags.timed_out.is_set():
-                pause = max(0.0, min(pause, deadline - time.monotonic()))
-            await asyncio.sleep(pause)
-            if time.monotonic() >= deadline and not flags.timed_out.is_set():
-                flags.timed_out.set()
-                flags.interrupt.set()
-            try:
-                ours, interrupt = await self._store.heartbeat(
-                    job_id, self.owner, self._settings.lease_s, self._progress.get(job_id, 0)
-                )
-            except Exception:
-                # A database hiccup is not a reason to drop the job: the lease is long
-                # enough to miss a beat or two.
-                log.warning("heartbeat for job %s failed", job_id, exc_info=True)
-                continue
-            if interrupt:
-                flags.interrupt.set()
-            if not ours:
-                flags.lease_lost.set()
-                return
-
-    async def _run_claimed(self, job: Job, flags: _Flags) -> str:
-        request = GenerationRequest(
-            prompt=job.prompt,
-            width=job.width,
-            height=job.height,
-            quality=job.quality,
-            creativity=job.creativity,
-            system_version=job.system_version,
-            mode=job.mode,
-            seed=job.seed,
-            base_model=job.base_model,
-        )
-        on_step = self._step_callback(job.id, flags)
+    async def _generate(
+        self, jobs: Sequence[Job], flags: Sequence[_Flags]
+    ) -> list[Image.Image | BaseException]:
+        requests = [_request_of(job) for job in jobs]
+        on_steps = [self._step_callback(j.id, f) for j, f in zip(jobs, flags, strict=True)]
         try:
-            image = await asyncio.to_thread(self._engine.generate, request, on_step)
-            return await self._deliver(job, image, flags)
+            if len(jobs) == 1:
+                return [await asyncio.to_thread(self._engine.generate, requests[0], on_steps[0])]
+            return await asyncio.to_thread(self._engine.generate_batch, requests, on_steps)
+        except Exception as exc:
+            # One failure of the whole call is every job's failure.
+            return [exc] * len(jobs)
+
+    async def _conclude(self, job: Job, flags: _Flags, outcome: Image.Image | BaseException) -> str:
+        try:
+            if isinstance(outcome, BaseException):
+                raise outcome
+            return await self._deliver(job, outcome, flags)
         except Interrupted:
             if flags.lease_lost.is_set():
                 log.warning("job %s: lease lost, output discarded", job.id)
@@ -167,11 +172,33 @@ class JobRunner:
                 log.warning("job %s failed: %s", job.id, message)
             else:
                 message = f"Generation failed: {type(exc).__name__}: {exc}"
-                log.exception("job %s failed", job.id)
+                log.error("job %s failed", job.id, exc_info=exc)
             return await self._fail(job, message)
-        finally:
-            self._progress.pop(job.id, None)
-            self._previews.pop(job.id, None)
+
+    async def _heartbeat(self, job_id: str, flags: _Flags) -> None:
+        deadline = time.monotonic() + self._settings.job_timeout_s
+        while True:
+            pause = self._settings.heartbeat_s
+            if not flags.timed_out.is_set():
+                pause = max(0.0, min(pause, deadline - time.monotonic()))
+            await asyncio.sleep(pause)
+            if time.monotonic() >= deadline and not flags.timed_out.is_set():
+                flags.timed_out.set()
+                flags.interrupt.set()
+            try:
+                ours, interrupt = await self._store.heartbeat(
+                    job_id, self.owner, self._settings.lease_s, self._progress.get(job_id, 0)
+                )
+            except Exception:
+                # A database hiccup is not a reason to drop the job: the lease is long
+                # enough to miss a beat or two.
+                log.warning("heartbeat for job %s failed", job_id, exc_info=True)
+                continue
+            if interrupt:
+                flags.interrupt.set()
+            if not ours:
+                flags.lease_lost.set()
+                return
 
     async def _fail(self, job: Job, message: str) -> str:
         done = await self._store.finish(
@@ -251,3 +278,17 @@ class JobRunner:
             return "lost"
         log.info("job %s ready", job.id)
         return JobStatus.READY.value
+
+
+def _request_of(job: Job) -> GenerationRequest:
+    return GenerationRequest(
+        prompt=job.prompt,
+        width=job.width,
+        height=job.height,
+        quality=job.quality,
+        creativity=job.creativity,
+        system_version=job.system_version,
+        mode=job.mode,
+        seed=job.seed,
+        base_model=job.base_model,
+    )

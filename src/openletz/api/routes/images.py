@@ -56,6 +56,11 @@ async def _owned(services: Services, user: User, image_id: str) -> Job:
     summary="Create an image generation task",
 )
 async def create_image(body: ImageCreate, user: UserDep, services: ServicesDep) -> Response:
+    names = services.model_names
+    if body.baseModel is not None and names is not None and body.baseModel not in names:
+        raise ApiError(
+            400, f"baseModel must be one of the server's models: {', '.join(sorted(names))}"
+        )
     seed = body.seed
     if seed is None:
         seed = body.seed_from_prompt()

@@ -1,0 +1,478 @@
+"""The diffusers engine: real models, loaded once per worker and kept warm.
+
+A request becomes a pipeline call through the registry (model, steps for the
+quality, guidance for the creativity) and a size plan (the model's native area
+at the requested aspect ratio, then a resize to the exact size, and at high
+quality a second img2img pass at full size). Compatible requests run as one
+batched call with a generator per request, so that each image is the one its
+seed would give alone.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import math
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from PIL import Image
+
+from openletz.engines.base import (
+    Engine,
+    EngineError,
+    GenerationRequest,
+    Interrupted,
+    StepCallback,
+    StepUpdate,
+)
+from openletz.engines.diffusers.families import FAMILIES, Call, Family
+from openletz.engines.diffusers.loading import load_pipeline, model_bytes
+from openletz.engines.diffusers.registry import Registry, RegistryError, Resolved
+
+log = logging.getLogger(__name__)
+
+ModelStateCallback = Callable[[str, str, str | None], None]
+
+
+def plan_size(width: int, height: int, native: int, multiple: int) -> tuple[int, int]:
+    """The size to generate at: about ``native``² pixels at the aspect ratio of
+    ``width`` x ``height``, each side a multiple of ``multiple``."""
+    aspect = width / height
+    w = math.sqrt(native * native * aspect)
+    h = w / aspect
+    return (
+        max(multiple * 4, round(w / multiple) * multiple),
+        max(multiple * 4, round(h / multiple) * multiple),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    model: Resolved
+    family: Family
+    steps: int
+    guidance: float
+    width: int  # generated
+    height: int
+    refine: bool
+
+    @property
+    def key(self) -> Hashable:
+        return (self.model.name, self.steps, self.guidance, self.width, self.height, self.refine)
+
+
+class _X0Tap:
+    """Catches the scheduler's prediction of the final latents at each step.
+
+    ``callback_on_step_end`` sees only the noisy latents; a preview of those is
+    mostly noise until the end. Schedulers know the predicted clean latents at
+    every step, and this reads them from each ``step`` call.
+    """
+
+    def __init__(self, scheduler: Any) -> None:
+        self.x0: torch.Tensor | None = None
+        self._scheduler = scheduler
+        self._step = scheduler.step
+        scheduler.step = self._tapped
+
+    def _tapped(
+        self,
+        model_output: torch.Tensor,
+        timestep: Any,
+        sample: torch.Tensor,
+        *args: Any,
+        **kwargs: Any,
+    ) -> Any:
+        scheduler = self._scheduler
+        sigma = None
+        if type(scheduler).__name__.startswith("FlowMatch") and scheduler.step_index is not None:
+            sigma = scheduler.sigmas[scheduler.step_index]
+        out = self._step(model_output, timestep, sample, *args, **kwargs)
+        x0 = None
+        if isinstance(out, tuple) and len(out) >= 2 and isinstance(out[1], torch.Tensor):
+            x0 = out[1]
+        elif getattr(out, "pred_original_sample", None) is not None:
+            x0 = out.pred_original_sample
+        elif sigma is not None:
+            # Rectified flow: x_t = (1 - s) x0 + s noise and the model predicts
+            # noise - x0, so x0 = x_t - s v.
+            x0 = sample - sigma.to(sample.device, sample.dtype) * model_output
+        elif str(getattr(scheduler.config, "algorithm_type", "")).endswith("dpmsolver++"):
+            # DPM-Solver++ turns each model output into its x0 prediction.
+            outputs = getattr(scheduler, "model_outputs", None)
+            x0 = outputs[-1] if outputs else None
+        self.x0 = x0
+        return out
+
+    def remove(self) -> None:
+        self._scheduler.step = self._step
+
+
+class _Loaded:
+    def __init__(self, pipe: Any, nbytes: int) -> None:
+        self.pipe = pipe
+        self.nbytes = nbytes
+        self.img2img: Any | None = None
+
+
+class DiffusersEngine(Engine):
+    name = "diffusers"
+
+    def __init__(
+        self,
+        registry: Registry,
+        *,
+        device: str = "auto",
+        memory_budget_gb: float | None = None,
+        compile: bool = False,
+        on_model_state: ModelStateCallback | None = None,
+    ) -> None:
+        self.registry = registry
+        self.device = _pick_device(device)
+        self.dtype = _pick_dtype(self.device)
+        self._budget = (
+            int(memory_budget_gb * 2**30) if memory_budget_gb else _default_budget(self.device)
+        )
+        self._compile = compile
+        self._models: OrderedDict[str, _Loaded] = OrderedDict()
+        self._lock = threading.Lock()
+        self._on_model_state = on_model_state or (lambda name, state, detail: None)
+        self._broken: dict[str, str] = {}
+
+    # -- planning -------------------------------------------------------------
+
+    def plan(self, request: GenerationRequest) -> Plan:
+        try:
+            model = self.registry.resolve(request.system_version, request.mode, request.base_model)
+        except RegistryError as exc:
+            raise EngineError(str(exc)) from None
+        family = FAMILIES[model.spec.family]
+        width, height = plan_size(
+            request.width, request.height, model.spec.resolution, family.multiple
+        )
+        return Plan(
+            model=model,
+            family=family,
+            steps=model.steps_for(request.quality),
+            guidance=model.guidance_for(request.creativity),
+            width=width,
+            height=height,
+            refine=model.refines(request.quality) and family.img2img is not None,
+        )
+
+    def batch_key(self, request: GenerationRequest) -> Hashable | None:
+        try:
+            return self.plan(request).key
+        except EngineError:
+            return None
+
+    # -- models ---------------------------------------------------------------
+
+    def model(self, name: str) -> _Loaded:
+        """The loaded pipeline of ``name``, loading it (and evicting others) if needed."""
+        with self._lock:
+            loaded = self._models.get(name)
+            if loaded is not None:
+                self._models.move_to_end(name)
+                return loaded
+            resolved = self.registry.get(name)
+            self._on_model_state(name, "loading", None)
+            started = time.monotonic()
+            try:
+                pipe = load_pipeline(
+                    resolved,
+                    FAMILIES[resolved.spec.family],
+                    device=self.device,
+                    dtype=self.dtype,
+                    compile=self._compile,
+                    registry_path=str(self.registry.path),
+                )
+            except EngineError as exc:
+                self._broken[name] = str(exc)
+                self._on_model_state(name, "broken", str(exc))
+                raise
+            loaded = _Loaded(pipe, model_bytes(pipe))
+            self._models[name] = loaded
+            self._broken.pop(name, None)
+            log.info(
+                "model %s loaded in %.1f s (%.2f GB)",
+                name,
+                time.monotonic() - started,
+                loaded.nbytes / 2**30,
+            )
+            self._evict(keep=name)
+            self._on_model_state(name, "ready", None)
+            return loaded
+
+    def _evict(self, keep: str) -> None:
+        while sum(m.nbytes for m in self._models.values()) > self._budget and len(self._models) > 1:
+            name = next(n for n in self._models if n != keep)
+            del self._models[name]
+            log.info("model %s evicted (memory budget %.1f GB)", name, self._budget / 2**30)
+            self._on_model_state(name, "unloaded", None)
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def loaded_models(self) -> list[str]:
+        return list(self._models)
+
+    # -- generating -----------------------------------------------------------
+
+    def generate(self, request: GenerationRequest, on_step: StepCallback) -> Image.Image:
+        (result,) = self.generate_batch([request], [on_step])
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
+    def generate_batch(
+        self, requests: Sequence[GenerationRequest], on_steps: Sequence[StepCallback]
+    ) -> list[Image.Image | BaseException]:
+        """One pipeline call for requests with equal :meth:`batch_key`. Each result
+        is an image, or the exception that ended that request (``Interrupted``);
+        an error of the whole call is raised."""
+        plan = self.plan(requests[0])
+        if any(self.plan(r).key != plan.key for r in requests[1:]):
+            raise ValueError("generate_batch takes requests of one batch key only")
+        loaded = self.model(plan.model.name)
+        total = plan.steps + (self._refine_steps(plan) if plan.refine else 0)
+        stopped: dict[int, BaseException] = {}
+        images = self._denoise(
+            loaded.pipe, plan, requests, on_steps, stopped, offset=0, total=total
+        )
+        results: list[Image.Image | BaseException] = []
+        finals: list[Image.Image] = []
+        for i, request in enumerate(requests):
+            if i in stopped:
+                continue
+            finals.append(
+                images[i].resize((request.width, request.height), Image.Resampling.LANCZOS)
+            )
+        if plan.refine and finals:
+            live = [i for i in range(len(requests)) if i not in stopped]
+            finals = self._refine(
+                loaded,
+                plan,
+                [requests[i] for i in live],
+                finals,
+                [on_steps[i] for i in live],
+                stopped,
+                live,
+            )
+        it = iter(finals)
+        for i in range(len(requests)):
+            results.append(stopped[i] if i in stopped else next(it))
+        return results
+
+    def _refine_steps(self, plan: Plan) -> int:
+        refine = plan.model.spec.refine
+        assert refine is not None
+        return max(1, int(plan.steps * refine.strength))
+
+    def _callback(
+        self,
+        plan: Plan,
+        tap: _X0Tap,
+        on_steps: Sequence[StepCallback],
+        stopped: dict[int, BaseException],
+        index_map: Sequence[int],
+        offset: int,
+        total: int,
+        width: int,
+        height: int,
+    ) -> Callable[..., dict[str, Any]]:
+        def callback(pipe: Any, step: int, timestep: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+            latents = tap.x0 if tap.x0 is not None else kwargs["latents"]
+            rgb: list[torch.Tensor] = []
+
+            def preview_of(row: int) -> Callable[[], Image.Image]:
+                def make() -> Image.Image:
+                    if not rgb:
+                        rgb.append(plan.family.latents_to_rgb(latents.detach(), width, height))
+                    return Image.fromarray(rgb[0][row].numpy())
+
+                return make
+
+            for row, index in enumerate(index_map):
+                if index in stopped:
+                    continue
+                try:
+                    on_steps[index](StepUpdate(offset + step + 1, total, preview_of(row)))
+                except Interrupted as exc:
+                    stopped[index] = exc
+            if all(index in stopped for index in index_map):
+                # Nobody wants the rest: stop now, skipping the decode.
+                raise Interrupted
+            return kwargs
+
+        return callback
+
+    def _run(
+        self,
+        pipe: Any,
+        family: Family,
+        call_kwargs: dict[str, Any],
+        make_callback: Callable[[_X0Tap], Callable[..., Any]],
+    ) -> Any:
+        tap = _X0Tap(pipe.scheduler)
+        try:
+            with torch.inference_mode():
+                return pipe(
+                    **call_kwargs,
+                    **family.step_callback_kwargs(make_callback(tap)),
+                    output_type="pil",
+                ).images
+        finally:
+            tap.remove()
+
+    def _denoise(
+        self,
+        pipe: Any,
+        plan: Plan,
+        requests: Sequence[GenerationRequest],
+        on_steps: Sequence[StepCallback],
+        stopped: dict[int, BaseException],
+        *,
+        offset: int,
+        total: int,
+    ) -> list[Image.Image]:
+        call = Call(
+            prompts=[r.prompt for r in requests],
+            negative_prompt=plan.model.spec.negative_prompt,
+            steps=plan.steps,
+            guidance=plan.guidance,
+            width=plan.width,
+            height=plan.height,
+            generators=[self._generator(r.seed) for r in requests],
+        )
+        indices = list(range(len(requests)))
+        try:
+            images: list[Image.Image] = self._run(
+                pipe,
+                plan.family,
+                plan.family.call_kwargs(call),
+                lambda tap: self._callback(
+                    plan, tap, on_steps, stopped, indices, offset, total, plan.width, plan.height
+                ),
+            )
+        except Interrupted:
+            if len(stopped) == len(requests):
+                return []
+            raise
+        except torch.cuda.OutOfMemoryError as exc:
+            raise EngineError(
+                f"the GPU ran out of memory generating {len(requests)} image(s) of "
+                f"{plan.width}x{plan.height} with {plan.model.name}; lower the batch size "
+                "or the resolution, or give this worker a GPU of its own"
+            ) from exc
+        return images
+
+    def _refine(
+        self,
+        loaded: _Loaded,
+        plan: Plan,
+        requests: Sequence[GenerationRequest],
+        images: list[Image.Image],
+        on_steps: Sequence[StepCallback],
+        stopped: dict[int, BaseException],
+        original_indices: Sequence[int],
+    ) -> list[Image.Image]:
+        """A second, gentle img2img pass at the requested size: the resize from the
+        native size is smooth, the pass puts detail back at full resolution."""
+        from openletz.engines.diffusers.loading import img2img_from
+
+        if loaded.img2img is None:
+            loaded.img2img = img2img_from(loaded.pipe, plan.family)
+        refine = plan.model.spec.refine
+        assert refine is not None
+        width, height = requests[0].width, requests[0].height
+        # The VAE needs multiples of 8; the final resize restores the exact size.
+        w8, h8 = max(64, width // 8 * 8), max(64, height // 8 * 8)
+        total = plan.steps + self._refine_steps(plan)
+        local_steps = {i: on_steps[k] for k, i in enumerate(original_indices)}
+        remap: dict[int, BaseException] = {}
+        kwargs = plan.family.call_kwargs(
+            Call(
+                prompts=[r.prompt for r in requests],
+                negative_prompt=plan.model.spec.negative_prompt,
+                steps=plan.steps,
+                guidance=plan.guidance,
+                width=w8,
+                height=h8,
+                generators=[self._generator(r.seed + 1) for r in requests],
+            )
+        )
+        kwargs.pop("width", None)
+        kwargs.pop("height", None)
+        kwargs.pop("use_resolution_binning", None)
+        kwargs["image"] = [im.resize((w8, h8), Image.Resampling.LANCZOS) for im in images]
+        kwargs["strength"] = refine.strength
+        steps_list = [local_steps[i] for i in original_indices]
+        try:
+            refined: list[Image.Image] = self._run(
+                loaded.img2img,
+                plan.family,
+                kwargs,
+                lambda tap: self._callback(
+                    plan,
+                    tap,
+                    steps_list,
+                    remap,
+                    list(range(len(requests))),
+                    plan.steps,
+                    total,
+                    w8,
+                    h8,
+                ),
+            )
+        except Interrupted:
+            refined = []
+        for k, exc in remap.items():
+            stopped[original_indices[k]] = exc
+        return [
+            refined[k].resize((r.width, r.height), Image.Resampling.LANCZOS)
+            for k, r in enumerate(requests)
+            if k not in remap
+        ]
+
+    def _generator(self, seed: int) -> torch.Generator:
+        # CPU generators draw the same numbers on every machine, so a seed gives the
+        # same image on a GPU server as on a laptop (up to the arithmetic).
+        return torch.Generator("cpu").manual_seed(seed)
+
+    def close(self) -> None:
+        self._models.clear()
+        gc.collect()
+
+
+def _pick_device(name: str) -> torch.device:
+    if name != "auto":
+        return torch.device(name)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def _pick_dtype(device: torch.device) -> torch.dtype:
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "mps":
+        return torch.float16
+    return torch.float32
+
+
+def _default_budget(device: torch.device) -> int:
+    if device.type == "cuda":
+        return int(torch.cuda.get_device_properties(device).total_memory * 0.85)
+    import os
+
+    pages = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    return int(pages * 0.5)

@@ -1,0 +1,23 @@
+"""Stable Diffusion 1.x and 2.x (and their turbo distillations)."""
+
+from __future__ import annotations
+
+from openletz.engines.diffusers.families.base import Family
+
+
+class StableDiffusion(Family):
+    name = "sd"
+    pipeline = "StableDiffusionPipeline"
+    img2img = "StableDiffusionImg2ImgPipeline"
+    multiple = 8
+    # The SD 1.x/2.x VAE's latents to RGB, fitted by least squares (as published
+    # by ComfyUI and InvokeAI).
+    latent_rgb = (
+        (0.3512, 0.2297, 0.3227),
+        (0.3250, 0.4974, 0.2350),
+        (-0.2829, 0.1762, 0.2721),
+        (-0.2120, -0.2616, -0.7177),
+    )
+
+
+FAMILY = StableDiffusion()
