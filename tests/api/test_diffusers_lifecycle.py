@@ -1,0 +1,193 @@
+"""The whole API on the diffusers engine: a real server whose workers load tiny
+random pipelines through the registry, as they would load real models."""
+
+from __future__ import annotations
+
+import io
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from openletz.engines.diffusers import tiny
+from tests._server import Server, wait_for
+from tests.engines.diffusers.conftest import write_registry
+
+pytestmark = pytest.mark.slow
+
+SLOW = {  # a model slow enough to interrupt: 200 steps
+    "slow": {
+        "family": "sd",
+        "resolution": 64,
+        "steps": [200] * 5,
+        "guidance": [0.0] * 5,
+    },
+    "gone": {
+        "family": "sd",
+        "source": "nobody/no-such-model",
+        "resolution": 64,
+        "steps": [1] * 5,
+        "guidance": [0.0] * 5,
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def diffusers_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    root = tmp_path_factory.mktemp("diffusers-server")
+    folders = {
+        f: tiny.save_pipeline(tiny.build_pipeline(f), root / "models" / f)
+        for f in ("sd", "sdxl", "pixart_sigma", "flux")
+    }
+    extra = {k: dict(v) for k, v in SLOW.items()}
+    extra["slow"]["source"] = str(folders["sd"])
+    registry = write_registry(root / "models.yaml", folders, extra=extra)
+    server = Server(
+        root / "data",
+        engine="diffusers",
+        models_file=registry,
+        image_format="png",
+        preview_interval_s=0,
+        batch_max=4,
+        batch_window_s=0.3,
+    )
+    server.env.update({"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(root / "hub-cache")})
+    yield server.start(timeout=60)
+    server.stop()
+
+
+@pytest.fixture
+def client(diffusers_server: Server) -> Iterator[httpx.Client]:
+    with diffusers_server.client(diffusers_server.create_key(f"u{time.monotonic_ns()}")) as c:
+        yield c
+
+
+def png(url: str) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(httpx.get(url).content)).convert("RGB"), dtype=np.int16)
+
+
+@pytest.mark.parametrize(
+    ("version", "mode"), [(2, "default"), (3, "default"), (3, "sigma"), (3, "turbo")]
+)
+def test_lifecycle_on_each_family(client: httpx.Client, version: int, mode: str) -> None:
+    body = {
+        "prompt": "a lighthouse",
+        "width": 640,
+        "height": 520,
+        "quality": 3,
+        "systemVersion": version,
+        "mode": mode,
+    }
+    image_id = client.post("/images", json=body).json()["id"]
+    seen = []
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        current = client.get(f"/images/{image_id}").json()
+        seen.append(current)
+        if current["status"] in ("ready", "failed"):
+            break
+        time.sleep(0.005)
+    final = seen[-1]
+    assert final["status"] == "ready", final
+    assert final["engine"] == "diffusers"
+    assert final["sandbox"] is False
+    progresses = [s["progress"] for s in seen]
+    assert progresses == sorted(progresses)
+    assert all(p < 100 for s, p in zip(seen, progresses, strict=True) if s["status"] != "ready")
+    sizes = {
+        name: Image.open(io.BytesIO(httpx.get(url).content)).size
+        for name, url in final["imageVersions"].items()
+    }
+    assert sizes["original"] == (640, 520)
+    assert sizes["640x640"] == (640, 520)
+    assert sizes["96x96"] == (96, 78)
+
+
+def test_same_seed_same_image(client: httpx.Client) -> None:
+    body = {
+        "prompt": "twins",
+        "width": 520,
+        "height": 520,
+        "seed": 99,
+        "hasWatermark": False,
+        "systemVersion": 2,
+    }
+    a = wait_for(client, client.post("/images", json=body).json()["id"])
+    b = wait_for(client, client.post("/images", json=body).json()["id"])
+    assert (
+        np.abs(png(a["imageVersions"]["original"]) - png(b["imageVersions"]["original"])).max() <= 2
+    )
+
+
+def test_batched_jobs_equal_jobs_alone(client: httpx.Client) -> None:
+    body = {
+        "prompt": "many",
+        "width": 520,
+        "height": 520,
+        "hasWatermark": False,
+        "systemVersion": 2,
+    }
+    ids = [client.post("/images", json={**body, "seed": s}).json()["id"] for s in (1, 2, 3, 4)]
+    batch = [wait_for(client, i) for i in ids]
+    assert all(b["status"] == "ready" for b in batch)
+    alone = wait_for(client, client.post("/images", json={**body, "seed": 3}).json()["id"])
+    diff = png(batch[2]["imageVersions"]["original"]) - png(alone["imageVersions"]["original"])
+    assert np.abs(diff).max() <= 2
+
+
+def test_interruption_stops_a_running_pipeline(client: httpx.Client) -> None:
+    image_id = client.post(
+        "/images", json={"prompt": "slow", "width": 520, "height": 520, "baseModel": "slow"}
+    ).json()["id"]
+    deadline = time.monotonic() + 30
+    while client.get(f"/images/{image_id}").json()["progress"] < 5:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    assert client.put(f"/images/{image_id}/interruption").status_code == 204
+    started = time.monotonic()
+    ended = wait_for(client, image_id, every=0.01)
+    assert ended["status"] == "interrupted"
+    assert ended["progress"] < 90
+    assert time.monotonic() - started < 2
+
+
+def test_unknown_base_model_is_a_400(client: httpx.Client) -> None:
+    resp = client.post("/images", json={"prompt": "x", "baseModel": "midjourney"})
+    assert resp.status_code == 400
+    assert "baseModel" in resp.json()["message"]
+    assert "sdxl" in resp.json()["message"]
+
+
+def test_a_missing_model_fails_the_image_with_a_fix(
+    client: httpx.Client, diffusers_server: Server
+) -> None:
+    image_id = client.post("/images", json={"prompt": "x", "baseModel": "gone"}).json()["id"]
+    failed = wait_for(client, image_id)
+    assert failed["status"] == "failed"
+    assert "'gone'" in failed["progressMessage"]
+    assert "openletz models pull gone" in failed["progressMessage"]
+    health = httpx.get(f"{diffusers_server.base_url}/health").json()
+    assert health["engine"]["name"] == "diffusers"
+    assert health["engine"]["sandbox"] is False
+    models = health["dispatcher"]["models"]
+    assert models["gone"]["state"] == "broken"
+    assert models["sd"]["state"] == "ready"
+
+
+def test_auto_picks_diffusers_only_with_a_local_model(
+    make_server: Callable[..., Server], tmp_path: Path
+) -> None:
+    registry = tmp_path / "remote-only.yaml"
+    registry.write_text(
+        "models: {far: {family: sd, source: nobody/far-away, resolution: 64,"
+        " steps: [1,1,1,1,1], guidance: [0,0,0,0,0]}}\nslots: {3: {default: far}}\n"
+    )
+    server = make_server(engine="auto", models_file=registry)
+    server.env.update({"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "empty")})
+    health = httpx.get(f"{server.start().base_url}/health").json()
+    assert health["engine"]["name"] == "sandbox"
+    assert "openletz models" in health["engine"]["reason"]
