@@ -33,8 +33,10 @@ from openletz.storage.base import BlobStore
 log = logging.getLogger(__name__)
 
 # Progress is an honest account of the work: denoising is most of it, then the
-# versions are encoded and stored. 100 is reserved for "ready".
-DENOISE_END = 90
+# image is decoded (by the engine, after its last step), its versions encoded
+# and stored. 100 is reserved for "ready".
+DENOISE_END = 88
+DECODED = 91
 ENCODED = 95
 STORED = 99
 
@@ -239,6 +241,7 @@ class JobRunner:
         return on_step
 
     async def _deliver(self, job: Job, image: Image.Image, flags: _Flags) -> str:
+        self._sink(job.id, DECODED, None)
         settings = self._settings
         fmt = settings.image_format
         versions, preview = await asyncio.to_thread(
