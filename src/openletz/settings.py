@@ -119,6 +119,9 @@ class Settings(BaseSettings):
         gt=0,
         description="Memory for loaded models; default: 85 % of the GPU or half the RAM.",
     )
+    preload_models: str = Field(
+        "", description="Comma-separated models each worker loads at start, before any job."
+    )
     compile: bool = Field(False, description="torch.compile the denoiser on CUDA (slow first run).")
     batch_max: int = Field(
         4, ge=1, le=64, description="Most compatible jobs a worker runs as one pipeline call."

@@ -68,6 +68,7 @@ def make_engine(settings: Settings, on_model_state: Any = None) -> Engine:
             memory_budget_gb=settings.model_memory_gb,
             compile=settings.compile,
             on_model_state=on_model_state,
+            preload=[n.strip() for n in settings.preload_models.split(",") if n.strip()],
         )
     from openletz.engines.sandbox import SandboxEngine
 

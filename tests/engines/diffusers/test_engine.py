@@ -290,3 +290,40 @@ def test_the_shipped_registry_is_valid() -> None:
     for version in (2, 3):
         for mode in ("default", "sigma", "turbo"):
             assert registry.resolve(version, mode).spec.family in FAMILIES
+
+
+def test_refined_requests_of_other_output_sizes_are_not_batched(
+    tiny_folders: dict[str, Path], tmp_path: Path
+) -> None:
+    registry = write_registry(tmp_path / "m.yaml", tiny_folders, refine=True)
+    engine = DiffusersEngine(Registry.load(registry), device="cpu")
+    # Both are generated at the same size, but refined at their own.
+    a, b = (
+        request("sd", quality=4, width=96, height=64),
+        request("sd", quality=4, width=192, height=128),
+    )
+    assert engine.plan(a).width == engine.plan(b).width
+    assert engine.batch_key(a) != engine.batch_key(b)
+    # Without refinement they share a batch and are each resized to their own size.
+    a, b = (
+        request("sd", quality=2, width=96, height=64),
+        request("sd", quality=2, width=192, height=128),
+    )
+    assert engine.batch_key(a) == engine.batch_key(b)
+    sizes = [r.size for r in engine.generate_batch([a, b], [lambda u: None] * 2)]  # type: ignore[union-attr]
+    assert sizes == [(96, 64), (192, 128)]
+
+
+def test_preload_loads_models_at_start(tiny_registry: Path) -> None:
+    states: list[tuple[str, str, str | None]] = []
+    engine = DiffusersEngine(
+        Registry.load(tiny_registry),
+        device="cpu",
+        preload=["sd"],
+        on_model_state=lambda *s: states.append(s),
+    )
+    assert engine.loaded_models() == []
+    engine.load()
+    assert engine.loaded_models() == ["sd"]
+    with pytest.raises(RegistryError):
+        DiffusersEngine(Registry.load(tiny_registry), device="cpu", preload=["nope"])

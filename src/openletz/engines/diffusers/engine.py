@@ -60,11 +60,23 @@ class Plan:
     guidance: float
     width: int  # generated
     height: int
-    refine: bool
+    #: the output size a refinement pass runs at, None without one
+    refine_size: tuple[int, int] | None
+
+    @property
+    def refine(self) -> bool:
+        return self.refine_size is not None
 
     @property
     def key(self) -> Hashable:
-        return (self.model.name, self.steps, self.guidance, self.width, self.height, self.refine)
+        return (
+            self.model.name,
+            self.steps,
+            self.guidance,
+            self.width,
+            self.height,
+            self.refine_size,
+        )
 
 
 class _X0Tap:
@@ -132,8 +144,10 @@ class DiffusersEngine(Engine):
         memory_budget_gb: float | None = None,
         compile: bool = False,
         on_model_state: ModelStateCallback | None = None,
+        preload: Sequence[str] = (),
     ) -> None:
         self.registry = registry
+        self._preload = [registry.get(name).name for name in preload]
         self.device = _pick_device(device)
         self.dtype = _pick_dtype(self.device)
         self._budget = (
@@ -163,8 +177,17 @@ class DiffusersEngine(Engine):
             guidance=model.guidance_for(request.creativity),
             width=width,
             height=height,
-            refine=model.refines(request.quality) and family.img2img is not None,
+            refine_size=(request.width, request.height)
+            if model.refines(request.quality) and family.img2img is not None
+            else None,
         )
+
+    def load(self) -> None:
+        for name in self._preload:
+            try:
+                self.model(name)
+            except EngineError as exc:
+                log.error("preloading %s failed: %s", name, exc)
 
     def batch_key(self, request: GenerationRequest) -> Hashable | None:
         try:
