@@ -15,7 +15,7 @@ from PIL import Image
 
 from openletz.engines.diffusers import tiny
 from tests._server import Server, wait_for
-from tests.engines.diffusers.conftest import write_registry
+from tests.engines.diffusers.conftest import MISSING_MODEL, write_registry
 
 pytestmark = pytest.mark.slow
 
@@ -26,13 +26,7 @@ SLOW = {  # a model slow enough to interrupt: 200 steps
         "steps": [200] * 5,
         "guidance": [0.0] * 5,
     },
-    "gone": {
-        "family": "sd",
-        "source": "nobody/no-such-model",
-        "resolution": 64,
-        "steps": [1] * 5,
-        "guidance": [0.0] * 5,
-    },
+    "gone": MISSING_MODEL,
 }
 
 

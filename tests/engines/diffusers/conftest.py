@@ -9,6 +9,15 @@ from openletz.engines.diffusers import tiny
 
 FAMILIES = tiny.FAMILIES
 
+#: a registry entry whose model is on no machine (a hub id nobody has)
+MISSING_MODEL = {
+    "family": "sd",
+    "source": "nobody/no-such-model",
+    "resolution": 64,
+    "steps": [1] * 5,
+    "guidance": [0.0] * 5,
+}
+
 
 def write_registry(
     path: Path, folders: dict[str, Path], *, refine: bool = False, extra: dict | None = None

@@ -13,7 +13,7 @@ from openletz.engines.base import EngineError, GenerationRequest, Interrupted, S
 from openletz.engines.diffusers import tiny
 from openletz.engines.diffusers.engine import DiffusersEngine, plan_size
 from openletz.engines.diffusers.registry import Registry, RegistryError
-from tests.engines.diffusers.conftest import FAMILIES, write_registry
+from tests.engines.diffusers.conftest import FAMILIES, MISSING_MODEL, write_registry
 
 # systemVersion/mode of each family's slot in the test registry
 SLOT = {
@@ -175,15 +175,7 @@ def test_base_model_picks_a_model_by_name(engine: DiffusersEngine) -> None:
 def test_a_missing_model_fails_cleanly_and_says_how_to_fix_it(
     tiny_folders: dict[str, Path], tmp_path: Path, offline_hub: Path
 ) -> None:
-    extra = {
-        "gone": {
-            "family": "sd",
-            "source": "nobody/no-such-model",
-            "resolution": 64,
-            "steps": [1] * 5,
-            "guidance": [0.0] * 5,
-        }
-    }
+    extra = {"gone": MISSING_MODEL}
     states: list[tuple[str, str, str | None]] = []
     registry = write_registry(tmp_path / "m.yaml", tiny_folders, extra=extra)
     engine = DiffusersEngine(

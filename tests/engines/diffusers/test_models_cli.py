@@ -8,17 +8,9 @@ import pytest
 from click.testing import CliRunner
 
 from openletz.cli import main
-from tests.engines.diffusers.conftest import write_registry
+from tests.engines.diffusers.conftest import MISSING_MODEL, write_registry
 
-GONE = {
-    "gone": {
-        "family": "sd",
-        "source": "nobody/no-such-model",
-        "resolution": 64,
-        "steps": [1] * 5,
-        "guidance": [0.0] * 5,
-    }
-}
+GONE = {"gone": MISSING_MODEL}
 
 
 @pytest.fixture
