@@ -50,7 +50,9 @@ class Server:
 
     @property
     def database_url(self) -> str:
-        return f"sqlite+aiosqlite:///{self.data_dir.resolve() / 'openletz.db'}"
+        return self.env.get("OPENLETZ_DATABASE_URL") or (
+            f"sqlite+aiosqlite:///{self.data_dir.resolve() / 'openletz.db'}"
+        )
 
     def start(self, timeout: float = 30.0) -> Server:
         self.data_dir.mkdir(parents=True, exist_ok=True)

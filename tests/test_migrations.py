@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -15,15 +16,29 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from openletz.db import _alembic_config, create_engine, current_revision, migrate
 from openletz.jobs.tables import metadata
+from tests._databases import database, postgres_database
 
 APP_TABLES = {"users", "api_keys", "jobs"}
 
 
-@pytest.fixture
-async def engine(tmp_path: Path) -> AsyncIterator[AsyncEngine]:
-    eng = create_engine(f"sqlite+aiosqlite:///{tmp_path}/t.db")
-    yield eng
-    await eng.dispose()
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def engine(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[AsyncEngine]:
+    async with database(request.param, tmp_path) as url:
+        eng = create_engine(url)
+        yield eng
+        await eng.dispose()
+
+
+async def test_concurrent_migrations_on_postgresql_take_turns() -> None:
+    # Two API servers starting at once against one empty database.
+    async with postgres_database() as url:
+        engines = [create_engine(url), create_engine(url)]
+        try:
+            await asyncio.gather(*(migrate(e) for e in engines))
+            assert await current_revision(engines[0]) == _head()
+        finally:
+            for e in engines:
+                await e.dispose()
 
 
 def _head() -> str:

@@ -13,15 +13,18 @@ from openletz.db import create_engine, migrate
 from openletz.jobs.status import JobStatus
 from openletz.jobs.store import Job, JobStore, NewJob
 from openletz.jobs.tables import jobs, utcnow
+from tests._databases import database
 
 
-def _url(tmp_path: Path) -> str:
-    return f"sqlite+aiosqlite:///{tmp_path}/t.db"
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    async with database(request.param, tmp_path) as url:
+        yield url
 
 
 @pytest.fixture
-async def engine(tmp_path: Path) -> AsyncIterator[AsyncEngine]:
-    eng = create_engine(_url(tmp_path))
+async def engine(db_url: str) -> AsyncIterator[AsyncEngine]:
+    eng = create_engine(db_url)
     await migrate(eng)
     yield eng
     await eng.dispose()
@@ -198,9 +201,9 @@ async def test_claim_unknown(store: JobStore) -> None:
     assert await store.claim("missing", "w1", lease_s=30) is None
 
 
-async def test_claim_is_atomic_across_engines(tmp_path: Path, user_id: int) -> None:
-    # Two engines on one file stand for two processes, each with its own connections.
-    engines = [create_engine(_url(tmp_path)), create_engine(_url(tmp_path))]
+async def test_claim_is_atomic_across_engines(db_url: str, user_id: int) -> None:
+    # Two engines on one database stand for two processes, each with its own connections.
+    engines = [create_engine(db_url), create_engine(db_url)]
     try:
         stores = [JobStore(e) for e in engines]
         job = await stores[0].create(new_job(user_id))

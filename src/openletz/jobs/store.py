@@ -233,13 +233,21 @@ class JobStore:
         """Take ``job_id`` if it is still waiting; ``None`` when someone else has it,
         it is finished, or it was interrupted. A duplicate delivery ends here."""
         now = utcnow()
-        stmt = (
-            jobs.update()
+        # On PostgreSQL a second claimer skips a row another one has locked instead
+        # of queueing behind it to find it taken; SQLite writes one at a time anyway.
+        waiting = (
+            sa.select(jobs.c.id)
             .where(
                 jobs.c.id == job_id,
                 jobs.c.status == JobStatus.NEW.value,
                 jobs.c.interrupt_requested.is_(False),
             )
+            .with_for_update(skip_locked=True)
+            .scalar_subquery()
+        )
+        stmt = (
+            jobs.update()
+            .where(jobs.c.id == waiting, jobs.c.status == JobStatus.NEW.value)
             .values(
                 status=JobStatus.IN_PROGRESS.value,
                 lease_owner=owner,

@@ -1,0 +1,54 @@
+"""The whole server on PostgreSQL instead of SQLite: configuration only."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from collections.abc import Callable, Iterator
+
+import httpx
+import pytest
+
+from tests._databases import create_postgres_database, drop_postgres_database
+from tests._server import Server, wait_for
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    url = asyncio.run(create_postgres_database())
+    try:
+        yield url
+    finally:
+        asyncio.run(drop_postgres_database(url))
+
+
+def test_lifecycle_and_recovery_on_postgresql(
+    make_server: Callable[..., Server], postgres_url: str
+) -> None:
+    server = make_server(
+        database_url=postgres_url,
+        sandbox_duration_s=1.5,
+        workers=1,
+        lease_s=2,
+        heartbeat_s=0.5,
+        reconcile_interval_s=0.5,
+    ).start()
+    health = httpx.get(f"{server.base_url}/health").json()
+    assert health["database"]["dialect"] == "postgresql"
+    with server.client(server.create_key("pg-user")) as client:
+        quick = client.post("/images", json={"prompt": "on postgres", "quality": 1}).json()["id"]
+        assert wait_for(client, quick)["status"] == "ready"
+        survivor = client.post("/images", json={"prompt": "survivor"}).json()["id"]
+        deadline = time.monotonic() + 30
+        while client.get(f"/images/{survivor}").json()["progress"] == 0:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        (pid,) = server.worker_pids()
+        os.kill(pid, signal.SIGKILL)
+        assert wait_for(client, survivor, timeout=60)["status"] == "ready"
+        listed = client.get("/images").json()
+        assert {i["id"] for i in listed} == {quick, survivor}
