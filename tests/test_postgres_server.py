@@ -52,3 +52,35 @@ def test_lifecycle_and_recovery_on_postgresql(
         assert wait_for(client, survivor, timeout=60)["status"] == "ready"
         listed = client.get("/images").json()
         assert {i["id"] for i in listed} == {quick, survivor}
+
+
+def test_two_api_servers_share_jobs_progress_and_previews(
+    make_server: Callable[..., Server], postgres_url: str
+) -> None:
+    shared = {
+        "database_url": postgres_url,
+        "redis_url": "redis://127.0.0.1:6379/14",
+        "secret_key": "one-secret-for-the-cluster",
+        "sandbox_duration_s": 3,
+        "preview_interval_s": 0,
+    }
+    a = make_server(**shared).start()
+    b = make_server(**shared).start()
+    key = a.create_key("shared-user")
+    with a.client(key) as on_a, b.client(key) as on_b:
+        image_id = on_a.post("/images", json={"prompt": "seen everywhere"}).json()["id"]
+        deadline = time.monotonic() + 30
+        while True:
+            seen = on_b.get(f"/images/{image_id}").json()
+            assert "status" in seen, seen
+            if seen["status"] == "in progress" and seen["progress"] > 0 and seen["previewImage"]:
+                break
+            assert time.monotonic() < deadline, seen
+            time.sleep(0.05)
+        done = wait_for(on_b, image_id, timeout=60)
+        assert done["status"] == "ready"
+        # The URLs one server signs, the other serves.
+        assert (
+            httpx.get(done["imageVersions"]["640x640"].replace(b.base_url, a.base_url)).status_code
+            == 200
+        )

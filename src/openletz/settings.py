@@ -58,6 +58,11 @@ class Settings(BaseSettings):
     # HTTP
     host: str = Field("127.0.0.1", description="Interface the API binds.")
     port: int = Field(8000, ge=1, le=65535, description="Port the API binds.")
+    redis_url: str = Field(
+        "",
+        description="Redis for live progress and previews, shared by API servers; "
+        "default: each API server's memory.",
+    )
     public_base_url: str = Field(
         "", description="Base of absolute image URLs; default http://host:port."
     )

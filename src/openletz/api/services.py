@@ -42,7 +42,11 @@ class Services:
         await migrate(db)
         reader = create_sqlite_reader(db)
         jobs = JobStore(db, reader=reader, finished_ttl_s=settings.finished_cache_ttl_s)
-        live = MemoryLiveStore()
+        live: LiveStore = MemoryLiveStore()
+        if settings.redis_url:
+            from openletz.live_redis import RedisLiveStore
+
+            live = RedisLiveStore(settings.redis_url)
         from openletz.dispatch.embedded import EmbeddedDispatcher
 
         dispatcher = EmbeddedDispatcher(settings, jobs, live)
