@@ -16,6 +16,7 @@ import sys
 from dataclasses import dataclass, field
 
 from openletz.dispatch.base import Dispatcher
+from openletz.dispatch.reconcile import Reconciler
 from openletz.jobs.store import JobStore
 from openletz.live import LiveStore
 from openletz.settings import Settings
@@ -54,7 +55,7 @@ class EmbeddedDispatcher(Dispatcher):
         self._running: dict[str, _Worker] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
-        self._recover_now = asyncio.Event()
+        self._reconciler = Reconciler(settings, store, self.enqueue)
 
     # -- Dispatcher -----------------------------------------------------------
 
@@ -62,7 +63,7 @@ class EmbeddedDispatcher(Dispatcher):
         for i in range(self._settings.workers):
             await self._spawn(i)
         self._tasks.append(asyncio.create_task(self._feed(), name="dispatch-feed"))
-        self._tasks.append(asyncio.create_task(self._reconcile(), name="dispatch-reconcile"))
+        self._tasks.append(asyncio.create_task(self._reconciler.run(), name="dispatch-reconcile"))
 
     async def enqueue(self, job_id: str) -> None:
         if job_id not in self._queued and job_id not in self._running:
@@ -142,7 +143,7 @@ class EmbeddedDispatcher(Dispatcher):
         if worker.owner is not None:
             # Recover its jobs now instead of waiting for the leases to run out.
             await self._store.release_owner(worker.owner)
-            self._recover_now.set()
+            self._reconciler.wake()
         # Jobs it had been sent but not yet claimed are still "new": send them again
         # (a claimed one that recovery requeues is sent again too; claims are atomic).
         for job_id in sent:
@@ -184,30 +185,3 @@ class EmbeddedDispatcher(Dispatcher):
             except (ConnectionError, RuntimeError):
                 self._running.pop(job_id, None)
                 await self.enqueue(job_id)
-
-    async def _reconcile(self) -> None:
-        first = True
-        while True:
-            try:
-                recovered = await self._store.recover_expired(self._settings.max_attempts)
-                for job_id in recovered.requeued:
-                    await self.enqueue(job_id)
-                if recovered.requeued or recovered.failed:
-                    log.warning(
-                        "recovered jobs of stopped workers: requeued %s, failed %s",
-                        recovered.requeued,
-                        recovered.failed,
-                    )
-                # At start every waiting job is ours to send; later only those that
-                # waited too long (a crash between the insert and the enqueue).
-                stale = 0.0 if first else self._settings.stale_new_s
-                for job_id in await self._store.waiting(older_than_s=stale):
-                    await self.enqueue(job_id)
-                first = False
-            except Exception:
-                log.exception("reconciliation failed; retrying")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(
-                    self._recover_now.wait(), timeout=self._settings.reconcile_interval_s
-                )
-            self._recover_now.clear()
