@@ -64,7 +64,8 @@ class Server:
                 raise RuntimeError(f"server exited early:\n{self.log()}")
             try:
                 health = httpx.get(f"{self.base_url}/health", timeout=1).json()
-                if health["dispatcher"]["ready"] >= 1:
+                # A cluster's API server starts no workers; an embedded one waits for one.
+                if health["dispatcher"].get("ready", 1) >= 1:
                     return self
             except (httpx.HTTPError, KeyError, ValueError):
                 pass

@@ -144,6 +144,33 @@ def _version() -> str:
     return __version__
 
 
+@main.command()
+@click.option(
+    "--queues",
+    default="default",
+    show_default=True,
+    help="The model families this worker serves, comma-separated: default (the sandbox "
+    "or a custom engine), sd, sdxl, pixart_sigma, flux.",
+)
+@click.option("--name", default=None, help="The worker's name in the broker (default: host).")
+@click.option("--log-level", default="info", show_default=True)
+def worker(queues: str, name: str | None, log_level: str) -> None:
+    """Join a cluster: take jobs from the broker (OPENLETZ_BROKER_URL) and run them."""
+    import logging
+
+    settings = _settings()
+    families = [q.strip() for q in queues.split(",") if q.strip()]
+    if not families:
+        raise click.ClickException("--queues names no model family")
+    logging.basicConfig(
+        level=log_level.upper(),
+        format="%(asctime)s %(levelname)s [worker %(process)d] %(name)s: %(message)s",
+    )
+    from openletz.worker.celery_worker import run
+
+    run(settings, families, name=name)
+
+
 @main.group()
 def keys() -> None:
     """Create, list and revoke API keys."""

@@ -58,6 +58,20 @@ class Settings(BaseSettings):
     # HTTP
     host: str = Field("127.0.0.1", description="Interface the API binds.")
     port: int = Field(8000, ge=1, le=65535, description="Port the API binds.")
+    dispatcher: Literal["embedded", "celery"] = Field(
+        "embedded",
+        description="embedded: serve starts its own workers; celery: workers join "
+        "through the broker (openletz worker).",
+    )
+    broker_url: str = Field(
+        "amqp://guest:guest@127.0.0.1:5672//", description="The Celery broker (RabbitMQ or Redis)."
+    )
+    queue_prefix: str = Field(
+        "openletz", pattern=r"^[\w.-]+$", description="Prefix of the broker's queue names."
+    )
+    delivery_limit: int = Field(
+        5, ge=1, description="Deliveries of one message before it is dead-lettered."
+    )
     redis_url: str = Field(
         "",
         description="Redis for live progress and previews, shared by API servers; "

@@ -47,9 +47,15 @@ class Services:
             from openletz.live_redis import RedisLiveStore
 
             live = RedisLiveStore(settings.redis_url)
-        from openletz.dispatch.embedded import EmbeddedDispatcher
+        dispatcher: Dispatcher
+        if settings.dispatcher == "celery":
+            from openletz.dispatch.celery import CeleryDispatcher
 
-        dispatcher = EmbeddedDispatcher(settings, jobs, live)
+            dispatcher = CeleryDispatcher(settings, jobs)
+        else:
+            from openletz.dispatch.embedded import EmbeddedDispatcher
+
+            dispatcher = EmbeddedDispatcher(settings, jobs, live)
         engine = choose_engine(settings)
         model_names = None
         if engine.name == "diffusers":

@@ -1,0 +1,118 @@
+"""API servers and workers as a cluster: PostgreSQL, Redis, Celery on RabbitMQ."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests._cluster import Worker, delete_queues
+from tests._databases import create_postgres_database, drop_postgres_database
+from tests._server import Server, wait_for
+
+pytestmark = pytest.mark.slow
+
+BROKER = "amqp://guest:guest@127.0.0.1:5672//"
+
+
+@pytest.fixture
+def cluster_settings() -> Iterator[dict[str, object]]:
+    url = asyncio.run(create_postgres_database())
+    prefix = f"openletz-test-{uuid.uuid4().hex[:8]}"
+    try:
+        yield {
+            "dispatcher": "celery",
+            "broker_url": BROKER,
+            "queue_prefix": prefix,
+            "database_url": url,
+            "redis_url": "redis://127.0.0.1:6379/13",
+            "secret_key": "one-secret-for-the-cluster",
+            "sandbox_duration_s": 2,
+            "preview_interval_s": 0,
+            "lease_s": 2,
+            "heartbeat_s": 0.5,
+            "reconcile_interval_s": 0.5,
+        }
+    finally:
+        delete_queues(BROKER, prefix, ["default"])
+        asyncio.run(drop_postgres_database(url))
+
+
+@pytest.fixture
+def workers(tmp_path: Path) -> Iterator[list[Worker]]:
+    started: list[Worker] = []
+    yield started
+    for w in started:
+        w.stop()
+
+
+def _running(client: httpx.Client, image_id: str) -> dict:
+    deadline = time.monotonic() + 60
+    while True:
+        body: dict = client.get(f"/images/{image_id}").json()
+        if body["status"] == "in progress" and body["progress"] > 0:
+            return body
+        assert time.monotonic() < deadline, body
+        time.sleep(0.02)
+
+
+def test_jobs_run_on_workers_that_join_through_the_broker(
+    make_server: Callable[..., Server],
+    cluster_settings: dict[str, object],
+    workers: list[Worker],
+    tmp_path: Path,
+) -> None:
+    api = make_server(**cluster_settings).start()
+    workers.append(Worker(api.env, tmp_path / "w1.log").start())
+    with api.client(api.create_key("c")) as client:
+        image_id = client.post("/images", json={"prompt": "through the broker"}).json()["id"]
+        seen = _running(client, image_id)
+        assert seen["previewImage"], "progress and previews reach the API through Redis"
+        done = wait_for(client, image_id, timeout=60)
+    assert done["status"] == "ready", (done, workers[0].log())
+    assert httpx.get(done["imageVersions"]["original"]).status_code == 200
+
+
+def test_an_interruption_sent_to_any_api_server_stops_the_job(
+    make_server: Callable[..., Server],
+    cluster_settings: dict[str, object],
+    workers: list[Worker],
+    tmp_path: Path,
+) -> None:
+    a = make_server(**{**cluster_settings, "sandbox_duration_s": 6}).start()
+    b = make_server(**{**cluster_settings, "sandbox_duration_s": 6}).start()
+    workers.append(Worker(a.env, tmp_path / "w1.log").start())
+    key = a.create_key("c")
+    with a.client(key) as on_a, b.client(key) as on_b:
+        image_id = on_a.post("/images", json={"prompt": "stop me", "quality": 5}).json()["id"]
+        _running(on_b, image_id)
+        started = time.monotonic()
+        assert on_b.put(f"/images/{image_id}/interruption").status_code == 204
+        ended = wait_for(on_a, image_id, every=0.01)
+    assert ended["status"] == "interrupted"
+    # A step is 0.5 s; the heartbeat would take up to 0.5 s more: well under 2 s.
+    assert time.monotonic() - started < 1.5
+
+
+def test_a_killed_worker_s_job_finishes_on_another(
+    make_server: Callable[..., Server],
+    cluster_settings: dict[str, object],
+    workers: list[Worker],
+    tmp_path: Path,
+) -> None:
+    api = make_server(**cluster_settings).start()
+    first = Worker(api.env, tmp_path / "w1.log").start()
+    workers.append(first)
+    with api.client(api.create_key("c")) as client:
+        image_id = client.post("/images", json={"prompt": "survive"}).json()["id"]
+        _running(client, image_id)
+        second = Worker(api.env, tmp_path / "w2.log").start()
+        workers.append(second)
+        first.kill()
+        done = wait_for(client, image_id, timeout=90)
+    assert done["status"] == "ready", (done, second.log())
