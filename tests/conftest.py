@@ -7,6 +7,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests._s3 import s3_server_fixture as s3_server_fixture
 from tests._server import Server
 
 _users = itertools.count()

@@ -82,7 +82,27 @@ class Settings(BaseSettings):
     )
     max_body_bytes: int = Field(1_048_576, ge=1024, description="Larger request bodies get 413.")
     secret_key: str = Field(_DEV_SECRET, description="Signs private image URLs.")
-    signed_url_ttl_s: int = Field(3600, ge=10, description="How long a private image URL works.")
+    signed_url_ttl_s: int = Field(
+        3600, ge=10, le=604740, description="How long a private image URL works."
+    )
+    blob_store: Literal["local", "s3"] = Field(
+        "local", description="Where images live: local (data_dir/images) or s3."
+    )
+    s3_bucket: str = Field("", description="The S3 bucket (required with blob_store=s3).")
+    s3_endpoint_url: str = Field("", description="An S3-compatible endpoint; default: AWS.")
+    s3_region: str = Field("us-east-1", description="The S3 region.")
+    s3_access_key: str = Field("", description="Default: boto3's credential chain.")
+    s3_secret_key: str = Field("", description="Default: boto3's credential chain.")
+    s3_prefix: str = Field("", description="Prefix of object keys, e.g. images/.")
+    s3_public_base_url: str = Field(
+        "",
+        description="Public images' URLs start with this (a CDN or public bucket); "
+        "default: presigned URLs for all.",
+    )
+    s3_addressing_style: Literal["path", "virtual", "auto"] = Field(
+        "path", description="S3 addressing style."
+    )
+    s3_create_bucket: bool = Field(False, description="Create the bucket when it is missing.")
     finished_cache_ttl_s: float = Field(
         1.0,
         ge=0,
@@ -190,6 +210,12 @@ class Settings(BaseSettings):
                 "OPENLETZ_SECRET_KEY must be set in production; "
                 f"for example: OPENLETZ_SECRET_KEY={secrets.token_urlsafe(32)}"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _s3_needs_a_bucket(self) -> Settings:
+        if self.blob_store == "s3" and not self.s3_bucket:
+            raise ValueError("blob_store=s3 needs OPENLETZ_S3_BUCKET")
         return self
 
     @model_validator(mode="after")
