@@ -10,6 +10,8 @@ from pathlib import Path
 
 from kombu import Connection
 
+BROKER = "amqp://guest:guest@127.0.0.1:5672//"
+
 
 class Worker:
     """``openletz worker`` in a child process, with the environment of a server."""

@@ -2,45 +2,17 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests._cluster import Worker, delete_queues
-from tests._databases import create_postgres_database, drop_postgres_database
+from tests._cluster import Worker
 from tests._server import Server, wait_for
 
 pytestmark = pytest.mark.slow
-
-BROKER = "amqp://guest:guest@127.0.0.1:5672//"
-
-
-@pytest.fixture
-def cluster_settings() -> Iterator[dict[str, object]]:
-    url = asyncio.run(create_postgres_database())
-    prefix = f"openletz-test-{uuid.uuid4().hex[:8]}"
-    try:
-        yield {
-            "dispatcher": "celery",
-            "broker_url": BROKER,
-            "queue_prefix": prefix,
-            "database_url": url,
-            "redis_url": "redis://127.0.0.1:6379/13",
-            "secret_key": "one-secret-for-the-cluster",
-            "sandbox_duration_s": 2,
-            "preview_interval_s": 0,
-            "lease_s": 2,
-            "heartbeat_s": 0.5,
-            "reconcile_interval_s": 0.5,
-        }
-    finally:
-        delete_queues(BROKER, prefix, ["default"])
-        asyncio.run(drop_postgres_database(url))
 
 
 @pytest.fixture
@@ -116,3 +88,53 @@ def test_a_killed_worker_s_job_finishes_on_another(
         first.kill()
         done = wait_for(client, image_id, timeout=90)
     assert done["status"] == "ready", (done, second.log())
+
+
+def test_polls_continue_on_another_api_server_when_one_dies(
+    make_server: Callable[..., Server],
+    cluster_settings: dict[str, object],
+    workers: list[Worker],
+    tmp_path: Path,
+) -> None:
+    a = make_server(**cluster_settings).start()
+    b = make_server(**cluster_settings).start()
+    workers.append(Worker(a.env, tmp_path / "w1.log").start())
+    key = a.create_key("c")
+    with a.client(key) as on_a, b.client(key) as on_b:
+        image_id = on_a.post("/images", json={"prompt": "outlive my server"}).json()["id"]
+        _running(on_b, image_id)
+        a.kill()
+        assert wait_for(on_b, image_id, timeout=60)["status"] == "ready"
+
+
+def test_a_job_that_kills_every_worker_fails_instead_of_looping(
+    make_server: Callable[..., Server],
+    cluster_settings: dict[str, object],
+    workers: list[Worker],
+    tmp_path: Path,
+) -> None:
+    settings = {
+        **cluster_settings,
+        "engine": "tests.fixtures.engines:exit_in_generate",
+        "sandbox_duration_s": 0.5,
+        "max_attempts": 2,
+    }
+    api = make_server(**settings).start()
+    # Each death needs a worker to take the next delivery: keep two, restart the dead.
+    pool = [Worker(api.env, tmp_path / f"w{i}.log").start() for i in range(2)]
+    workers.extend(pool)
+    with api.client(api.create_key("c")) as client:
+        poison = client.post("/images", json={"prompt": "poison pill"}).json()["id"]
+        deadline = time.monotonic() + 90
+        while client.get(f"/images/{poison}").json()["status"] not in ("failed", "ready"):
+            assert time.monotonic() < deadline
+            for i, w in enumerate(pool):
+                if w.proc is not None and w.proc.poll() is not None:
+                    pool[i] = Worker(api.env, tmp_path / f"w{i}-again.log").start()
+                    workers.append(pool[i])
+            time.sleep(0.2)
+        failed = client.get(f"/images/{poison}").json()
+        assert failed["status"] == "failed"
+        assert "2 times" in failed["progressMessage"]
+        healthy = client.post("/images", json={"prompt": "healthy"}).json()["id"]
+        assert wait_for(client, healthy, timeout=60)["status"] == "ready"
