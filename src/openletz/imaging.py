@@ -208,16 +208,20 @@ def render_versions(
     _format(fmt)  # fail before any work on an unknown format
     original = watermark(image, watermark_text) if has_watermark else image
     out = {"original": encode(original, fmt, quality=quality)}
-    source = original
+    source, last = original, out["original"]
     for name, box in VERSION_BOXES.items():
         # Each version is resized from the previous (larger) one rather than from the
         # original: the boxes shrink by 3x or less per step, so the source always has
         # ample resolution for a clean LANCZOS result, while the 240 and 96 versions
         # cost a 640-pixel resize instead of a multi-megapixel one. The target size is
         # still computed from the original, so chained rounding cannot drift a pixel.
-        version = _resize(source, fitted_size(original.size, box))
-        out[name] = encode(version, fmt, quality=quality)
-        source = version
+        size = fitted_size(original.size, box)
+        # Never enlarged: a box at least as large as the picture holds the same
+        # pixels, and gets the same bytes instead of another encode.
+        if size != source.size:
+            source = _resize(source, size)
+            last = encode(source, fmt, quality=quality)
+        out[name] = last
     return out
 
 

@@ -587,3 +587,20 @@ async def test_waiting(store: JobStore, engine: AsyncEngine, user_id: int) -> No
     assert await store.waiting(older_than_s=60) == [first.id, second.id, third.id]
     assert await store.waiting(older_than_s=60, limit=2) == [first.id, second.id]
     assert await store.waiting(older_than_s=600) == []
+
+
+async def test_similar_waiting_finds_jobs_of_the_same_generation(
+    store: JobStore, user_id: int
+) -> None:
+    first = await store.create(new_job(user_id, seed=1))
+    same = [await store.create(new_job(user_id, seed=s)) for s in (2, 3, 4)]
+    other_size = await store.create(new_job(user_id, width=800))
+    other_model = await store.create(new_job(user_id, base_model="flux-schnell"))
+    claimed = await store.create(new_job(user_id, seed=9))
+    assert await store.claim(claimed.id, "w", lease_s=30) is not None
+    found = await store.similar_waiting(first, limit=10)
+    assert found == [j.id for j in same]
+    assert await store.similar_waiting(first, limit=2) == [same[0].id, same[1].id]
+    assert other_size.id not in found
+    assert other_model.id not in found
+    assert await store.similar_waiting(other_model, limit=5) == []

@@ -315,3 +315,13 @@ def test_signing_helpers_round_trip() -> None:
     assert not _signing.verify("k", "job/x.jpg", "120", signature, now=120)
     with pytest.raises(ValueError, match="secret"):
         _signing.sign("", "job/x.jpg", 120)
+
+
+async def test_put_many_stores_every_item(tmp_path: Path) -> None:
+    store = LocalBlobStore(tmp_path / "blobs", public_base_url="http://x", secret="s", url_ttl_s=60)
+    items = {f"job1/{v}.jpg": bytes([i]) * 10 for i, v in enumerate(("original", "640x640"))}
+    await store.put_many(items, "image/jpeg")
+    for key, data in items.items():
+        assert await store.get(key) == data
+    with pytest.raises(InvalidKey):
+        await store.put_many({"../evil.jpg": b"x"}, "image/jpeg")

@@ -394,6 +394,33 @@ class JobStore:
         failed += await self._ids(fail)
         return Recovered(requeued=await self._ids(requeue), failed=failed)
 
+    async def similar_waiting(self, job: Job, *, limit: int) -> list[str]:
+        """Other jobs still ``new`` that ask for exactly the same generation as ``job``
+        (model slot, size, steps, guidance), oldest first: candidates for its batch."""
+        if limit <= 0:
+            return []
+        stmt = (
+            sa.select(jobs.c.id)
+            .where(
+                jobs.c.status == JobStatus.NEW.value,
+                jobs.c.interrupt_requested.is_(False),
+                jobs.c.id != job.id,
+                jobs.c.system_version == job.system_version,
+                jobs.c.mode == job.mode,
+                jobs.c.base_model.is_(None)
+                if job.base_model is None
+                else jobs.c.base_model == job.base_model,
+                jobs.c.width == job.width,
+                jobs.c.height == job.height,
+                jobs.c.quality == job.quality,
+                jobs.c.creativity == job.creativity,
+            )
+            .order_by(jobs.c.created_at)
+            .limit(limit)
+        )
+        async with self._engine.connect() as conn:
+            return [r[0] for r in (await conn.execute(stmt)).all()]
+
     async def waiting(self, *, older_than_s: float = 0.0, limit: int = 1000) -> Sequence[str]:
         """Ids of jobs still ``new`` (oldest first), for re-dispatch after a restart."""
         cutoff = utcnow() - timedelta(seconds=older_than_s)

@@ -6,9 +6,10 @@ could name something outside itself (see :func:`check_key`).
 
 from __future__ import annotations
 
+import asyncio
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 _KEY = re.compile(r"^[A-Za-z0-9_-]{1,64}/[A-Za-z0-9_-]{1,64}\.[a-z0-9]{1,8}$")
 
@@ -30,6 +31,10 @@ class BlobStore(ABC):
 
     @abstractmethod
     async def put(self, key: str, data: bytes, content_type: str) -> None: ...
+
+    async def put_many(self, items: Mapping[str, bytes], content_type: str) -> None:
+        """Store several objects (a job's versions); stores may do it in one go."""
+        await asyncio.gather(*(self.put(key, data, content_type) for key, data in items.items()))
 
     @abstractmethod
     async def get(self, key: str) -> bytes:

@@ -8,7 +8,7 @@ import errno
 import os
 import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 from openletz.storage import _signing
@@ -76,7 +76,19 @@ class LocalBlobStore(BlobStore):
         check_key(key)
         await asyncio.to_thread(self._put_sync, key, data)
 
-    def _put_sync(self, key: str, data: bytes) -> None:
+    async def put_many(self, items: Mapping[str, bytes], content_type: str) -> None:
+        for key in items:
+            check_key(key)
+        await asyncio.to_thread(self._put_many_sync, items)
+
+    def _put_many_sync(self, items: Mapping[str, bytes]) -> None:
+        # One thread and one sync of each folder for a job's versions, instead of a
+        # thread and a folder sync per file: the folder holds them all.
+        folders = [self._put_sync(key, data, sync_folder=False) for key, data in items.items()]
+        for folder in dict.fromkeys(folders):
+            _fsync_dir(folder)
+
+    def _put_sync(self, key: str, data: bytes, *, sync_folder: bool = True) -> Path:
         path = self.path(key)
         fd, tmp_name = _temp_file_in(path.parent)
         try:
@@ -91,7 +103,9 @@ class LocalBlobStore(BlobStore):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp_name)
             raise
-        _fsync_dir(path.parent)
+        if sync_folder:
+            _fsync_dir(path.parent)
+        return path.parent
 
     # -- reading ---------------------------------------------------------------
 

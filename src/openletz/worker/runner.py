@@ -76,6 +76,10 @@ class JobRunner:
         self._progress: dict[str, int] = {}
         self._previews: dict[str, bytes] = {}
 
+    @property
+    def batches(self) -> bool:
+        return self._engine.batches
+
     def interrupt(self, job_id: str) -> None:
         flags = self._flags.get(job_id)
         if flags is not None:
@@ -262,9 +266,7 @@ class JobRunner:
         ext = imaging.extension(fmt)
         keys = {name: f"{job.id}/{name}.{ext}" for name in versions}
         ctype = imaging.content_type(fmt)
-        await asyncio.gather(
-            *(self._blobs.put(keys[name], data, ctype) for name, data in versions.items())
-        )
+        await self._blobs.put_many({keys[name]: data for name, data in versions.items()}, ctype)
         self._sink(job.id, STORED, None)
         done = await self._store.finish(
             job.id,

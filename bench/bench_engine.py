@@ -1,0 +1,711 @@
+#!/usr/bin/env python3
+"""The diffusers engine behind the server: serving overhead, batching, preview cost.
+
+Three measurements (``--only serving,batching,preview``; all by default), each
+against a baseline measured in the same run, with tiny random-weight pipelines
+(``openletz.engines.diffusers.tiny``, saved to a temp folder and loaded from
+there as real models are). CPU only; nothing is downloaded.
+
+serving   Images per second through the whole server (``openletz serve``, engine
+          diffusers, one worker, OPENLETZ_BATCH_MAX=1 so that batching does not
+          flatter it): N jobs (default 40) of the smallest API size, 520x520,
+          submitted with K in flight (default 2), timed from the first POST to
+          the last job seen "ready" in the database. The registry makes 64x64 in
+          1 step (the engine then resizes to 520x520), hasWatermark false, JPEG.
+          Baseline: the same count of bare pipeline calls in this process,
+          ``pipe(prompt, num_inference_steps=1, width=64, height=64, generator=...)``
+          then the resize to 520x520 and ``imaging.render_versions`` (JPEG, the same
+          imaging work the worker does). ``serving_ratio`` = server / bare.
+          Target: >= 0.9. ``serving_ratio_no_imaging`` (context) divides by bare
+          pipeline calls alone.
+
+batching  16 concurrent compatible jobs (same size and steps, different seeds)
+          through a server with OPENLETZ_BATCH_MAX=16 (batch window 0.2 s) and
+          through one with OPENLETZ_BATCH_MAX=1, timed from the first POST to all
+          ready, alternating rounds. ``batching_speedup`` = time(max 1) /
+          time(max 16). Target: >= 2 on the CPU. The tiny model generates at
+          --batch-resolution (default 128: 16x16 latents) with --batch-steps
+          (default 4) and classifier-free guidance, so that the denoiser is most of
+          a job's work. Context: the same on the engine in-process
+          (``generate_batch`` of 16 against 16 ``generate`` calls).
+
+preview   The cost of one live preview as the worker makes it
+          (``update.preview()`` then ``imaging.preview_jpeg(..., max_side=256)``)
+          per denoising step, for tiny SD at 512 (64x64 latents) and tiny SDXL at
+          1024 (128x128 latents). The step time comes from the engine's step
+          callback timestamps with previews off; the preview is then timed on the
+          same latents (same seed) in a second run. The VAE decode is skipped
+          (the last step's callback interrupts), since it is no step.
+          ``preview_ratio_*`` = preview / step. Target: <= 0.02. With tiny random
+          weights a step is far cheaper than a real model's while the preview
+          costs the same, so this is a pessimistic upper bound.
+
+How to read it
+    Medians over alternating rounds; compare ratios between runs, not raw rates.
+    The machine's noise shows in the min/max columns.
+
+Default duration: about two minutes, bounded by --max-seconds (default 170; a
+measurement stops adding rounds when its share is spent, after at least one).
+Talks only to 127.0.0.1; writes only to a temp dir.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import http.client
+import itertools
+import json
+import os
+import sqlite3
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import _harness as h
+
+SECTIONS = ("serving", "batching", "preview")
+#: each measurement's share of --max-seconds, when several run
+WEIGHTS = {"serving": 0.3, "batching": 0.4, "preview": 0.3}
+PROMPT = "a benchmark lighthouse at dusk"
+TERMINAL = ("ready", "failed", "interrupted")
+API_SIZE = 520  # the smallest size the API takes
+POLL_S = 0.003
+
+
+# -- setup ---------------------------------------------------------------------
+
+
+class Models:
+    """Tiny pipelines saved once per run, and registries that point at them."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._folders: dict[str, Path] = {}
+
+    def folder(self, family: str) -> Path:
+        if family not in self._folders:
+            quiet_imports()
+            from openletz.engines.diffusers import tiny
+
+            pipe = tiny.build_pipeline(family, seed=0)
+            self._folders[family] = tiny.save_pipeline(pipe, self.root / f"tiny-{family}")
+        return self._folders[family]
+
+    def registry(self, name: str, models: dict[str, dict[str, Any]]) -> Path:
+        """A registry of ``models`` (name: family, resolution, steps, guidance); every
+        slot names the first one, so requests without ``baseModel`` get it."""
+        import yaml
+
+        entries = {}
+        for model, spec in models.items():
+            entries[model] = {
+                "family": spec["family"],
+                "source": str(self.folder(spec["family"])),
+                "resolution": spec["resolution"],
+                "steps": [spec["steps"]] * 5,
+                "guidance": [spec["guidance"]] * 5,
+            }
+        first = next(iter(models))
+        modes = ("default", "sigma", "turbo")
+        document = {
+            "models": entries,
+            "slots": {3: dict.fromkeys(modes, first), 2: dict.fromkeys(modes, first)},
+        }
+        path = self.root / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(document))
+        return path
+
+
+@dataclass
+class Server:
+    proc: h.Proc
+    key: str
+    db_path: Path
+
+    def client(self) -> Client:
+        return Client(self)
+
+
+def start_servers(root: Path, registry: Path, named: dict[str, dict[str, Any]]) -> list[Server]:
+    """One ``openletz serve`` per entry of ``named`` (data dir name: settings), with
+    the diffusers engine on ``registry`` and one worker each; they start side by
+    side, and this returns once every one has a ready worker.
+
+    The processes are started from this (the main) thread on purpose: the harness
+    asks the kernel to SIGTERM a child when the thread that started it ends."""
+    servers = []
+    with ThreadPoolExecutor(len(named)) as pool:  # keys only: those processes end
+        keys = list(pool.map(h.create_key, [_data_dir(root, name) for name in named]))
+    for (name, settings), key in zip(named.items(), keys, strict=True):
+        data = root / name
+        port = h.free_port()
+        env = h.openletz_env(
+            data,
+            port=port,
+            engine="diffusers",
+            device="cpu",
+            models_file=registry,
+            workers=1,
+            image_format="jpeg",
+            **settings,
+        )
+        argv = [sys.executable, "-m", "openletz.cli", "serve", "--port", str(port)]
+        proc = h.Proc([*argv, "--log-level", "warning"], env, data / "server.log", port)
+        servers.append(Server(proc, key, data / "openletz.db"))
+    for server in servers:
+        server.proc.wait_http("/health", ready=lambda x: x["dispatcher"]["ready"] >= 1, timeout=90)
+    return servers
+
+
+def _data_dir(root: Path, name: str) -> Path:
+    data = root / name
+    data.mkdir()
+    return data
+
+
+class Client:
+    """POSTs over one keep-alive connection; job states read from the database, so
+    that waiting for the end costs the server nothing."""
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        self.conn = http.client.HTTPConnection(h.HOST, server.proc.port, timeout=30)
+        self.db = sqlite3.connect(str(server.db_path), timeout=5.0, isolation_level=None)
+
+    def reconnect(self) -> None:
+        """Drop the connection (the server closes idle ones after a few seconds)
+        and open a new one now, so that a timed round does not pay for it."""
+        self.conn.close()
+        self.conn.connect()
+
+    def post(self, body: dict[str, Any]) -> str:
+        try:
+            status, data = h.send(self.conn, "POST", "/images", body, self.server.key)
+        except (ConnectionError, http.client.RemoteDisconnected):
+            self.reconnect()
+            status, data = h.send(self.conn, "POST", "/images", body, self.server.key)
+        if status != 200:
+            raise RuntimeError(f"POST /images answered {status}: {data[:300]!r}")
+        job_id: str = json.loads(data)["id"]
+        return job_id
+
+    def states(self, ids: Sequence[str]) -> dict[str, str]:
+        marks = ",".join("?" * len(ids))
+        rows = self.db.execute(f"SELECT id, status FROM jobs WHERE id IN ({marks})", list(ids))
+        return {str(i): str(s) for i, s in rows}
+
+    def started(self, ids: Sequence[str]) -> list[datetime]:
+        marks = ",".join("?" * len(ids))
+        rows = self.db.execute(f"SELECT started_at FROM jobs WHERE id IN ({marks})", list(ids))
+        return sorted(datetime.fromisoformat(r[0]) for r in rows if r[0])
+
+    def why(self, job_id: str) -> str:
+        _, data = h.send(self.conn, "GET", f"/images/{job_id}", key=self.server.key)
+        return str(json.loads(data).get("progressMessage"))
+
+    def close(self) -> None:
+        self.conn.close()
+        self.db.close()
+
+
+def body(seed: int) -> dict[str, Any]:
+    return {
+        "prompt": PROMPT,
+        "width": API_SIZE,
+        "height": API_SIZE,
+        "quality": 1,
+        "creativity": 2,
+        "hasWatermark": False,
+        "seed": seed,
+    }
+
+
+def run_jobs(
+    client: Client, seeds: Sequence[int], in_flight: int, timeout: float = 120.0
+) -> tuple[float, list[str]]:
+    """Submit one job per seed keeping ``in_flight`` unfinished; returns the seconds
+    from the first POST to the last job seen ready, and the job ids."""
+    client.reconnect()
+    pending = list(seeds)
+    live: list[str] = []
+    ids: list[str] = []
+    t0 = time.perf_counter()
+    t_last = t0
+    while pending or live:
+        while pending and len(live) < in_flight:
+            job_id = client.post(body(pending.pop(0)))
+            live.append(job_id)
+            ids.append(job_id)
+        time.sleep(POLL_S)
+        states = client.states(live)
+        now = time.perf_counter()
+        for job_id, state in states.items():
+            if state in TERMINAL:
+                if state != "ready":
+                    raise RuntimeError(f"job {job_id} ended {state!r}: {client.why(job_id)}")
+                live.remove(job_id)
+                t_last = now
+        if now - t0 > timeout:
+            raise RuntimeError(f"{len(live)} job(s) not ready after {timeout:g} s")
+    return t_last - t0, ids
+
+
+def bursts(times: Sequence[datetime], gap_s: float = 0.025) -> int:
+    """How many groups the claim times fall into (a new one after a gap > gap_s):
+    about how many engine calls the worker made."""
+    groups = 1 if times else 0
+    for a, b in itertools.pairwise(times):
+        groups += (b - a).total_seconds() > gap_s
+    return groups
+
+
+class Budget:
+    def __init__(self, seconds: float) -> None:
+        self.deadline = time.monotonic() + seconds
+
+    def more(self, done: int, wanted: int) -> bool:
+        """Whether to run round ``done + 1`` of ``wanted``: always the first."""
+        return done == 0 or (done < wanted and time.monotonic() < self.deadline)
+
+
+def stats_row(label: str, values: Sequence[float], unit_scale: float = 1.0) -> tuple[Any, ...]:
+    xs = [v * unit_scale for v in values]
+    return (label, len(xs), statistics.median(xs), min(xs), max(xs))
+
+
+def verdict(ok: bool) -> str:
+    return "meets" if ok else "MISSES"
+
+
+def quiet_imports() -> None:
+    """The heavy imports, with diffusers' and transformers' chatter off."""
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    import openletz.engines.diffusers.loading  # noqa: F401  (silences progress bars)
+
+
+# -- 1. serving overhead -------------------------------------------------------
+
+
+def bench_serving(args: argparse.Namespace, models: Models, budget: Budget) -> dict[str, Any]:
+    quiet_imports()
+    import torch
+    from diffusers import StableDiffusionPipeline
+    from PIL import Image
+
+    from openletz import imaging
+
+    g = args.guidance
+    registry = models.registry(
+        "serving", {"tiny-sd": {"family": "sd", "resolution": 64, "steps": 1, "guidance": g}}
+    )
+    print(
+        f"serving: {args.jobs} jobs of {API_SIZE}x{API_SIZE} with {args.in_flight} in flight, "
+        f"tiny SD generating 64x64 in 1 step (guidance {g:g}), hasWatermark false, jpeg; "
+        "OPENLETZ_BATCH_MAX=1, one worker",
+        flush=True,
+    )
+    (server,) = start_servers(models.root, registry, {"serving": {"batch_max": 1}})
+    client = server.client()
+    pipe = StableDiffusionPipeline.from_pretrained(str(models.folder("sd")), dtype=torch.float32)
+    pipe.set_progress_bar_config(disable=True)
+
+    def bare(n: int, with_imaging: bool) -> float:
+        t0 = time.perf_counter()
+        for i in range(n):
+            with torch.inference_mode():
+                image = pipe(
+                    PROMPT,
+                    num_inference_steps=1,
+                    guidance_scale=g,
+                    width=64,
+                    height=64,
+                    generator=torch.Generator("cpu").manual_seed(i),
+                ).images[0]
+            if with_imaging:
+                image = image.resize((API_SIZE, API_SIZE), Image.Resampling.LANCZOS)
+                imaging.render_versions(
+                    image, has_watermark=False, watermark_text="openletz", fmt="jpeg", quality=92
+                )
+        return n / (time.perf_counter() - t0)
+
+    try:
+        run_jobs(client, range(3), args.in_flight)  # loads the model in the worker
+        bare(3, True)
+        served: list[float] = []
+        full: list[float] = []
+        pipe_only: list[float] = []
+        seed = 1000
+        while budget.more(len(served), args.rounds):
+            elapsed, _ = run_jobs(client, range(seed, seed + args.jobs), args.in_flight)
+            seed += args.jobs
+            served.append(args.jobs / elapsed)
+            full.append(bare(args.jobs, True))
+            pipe_only.append(bare(args.jobs, False))
+            print(
+                f"  round {len(served)}: server {served[-1]:.1f} img/s, bare {full[-1]:.1f}, "
+                f"bare without imaging {pipe_only[-1]:.1f}",
+                flush=True,
+            )
+    finally:
+        client.close()
+        server.proc.stop()
+
+    rows = [
+        ("images per second", "rounds", "median", "min", "max"),
+        stats_row("server (POST -> ready)", served),
+        stats_row("bare pipe + resize + render_versions", full),
+        stats_row("bare pipe only (context)", pipe_only),
+    ]
+    med = statistics.median
+    ratio = med(served) / med(full)
+    ratio_pipe = med(served) / med(pipe_only)
+    print()
+    print(h.table(rows))
+    print(
+        f"serving ratio {ratio:.3f} ({verdict(ratio >= args.target_serving)} target >= "
+        f"{args.target_serving:g}); against bare calls without imaging {ratio_pipe:.3f}"
+    )
+    print(
+        h.result_line(
+            serving_ratio=ratio,
+            serving_ratio_no_imaging=ratio_pipe,
+            server_img_s=med(served),
+            bare_img_s=med(full),
+            bare_pipe_img_s=med(pipe_only),
+            jobs=args.jobs,
+            rounds=len(served),
+        ),
+        flush=True,
+    )
+    return {"ratio": ratio}
+
+
+# -- 2. batching -----------------------------------------------------------------
+
+
+def bench_batching(args: argparse.Namespace, models: Models, budget: Budget) -> dict[str, Any]:
+    n = args.batch_jobs
+    res, steps, g = args.batch_resolution, args.batch_steps, args.guidance
+    registry = models.registry(
+        "batching", {"tiny-sd": {"family": "sd", "resolution": res, "steps": steps, "guidance": g}}
+    )
+    print(
+        f"batching: {n} concurrent jobs of {API_SIZE}x{API_SIZE} (different seeds), tiny SD at "
+        f"resolution {res} ({res // 8}x{res // 8} latents), {steps} steps, guidance {g:g} "
+        f"(CFG: two UNet rows per image); OPENLETZ_BATCH_MAX={n} with a "
+        f"{args.batch_window:g} s window against OPENLETZ_BATCH_MAX=1, one worker each",
+        flush=True,
+    )
+    batched, single = start_servers(
+        models.root,
+        registry,
+        {
+            f"batch{n}": {"batch_max": n, "batch_window_s": args.batch_window},
+            "batch1": {"batch_max": 1, "batch_window_s": args.batch_window},
+        },
+    )
+    clients = {"batched": batched.client(), "single": single.client()}
+    times: dict[str, list[float]] = {"batched": [], "single": []}
+    calls: dict[str, list[int]] = {"batched": [], "single": []}
+    seed = 0
+    try:
+        for c in clients.values():  # the first job loads the model, then one round warm
+            run_jobs(c, [seed], 1)
+            run_jobs(c, range(seed + 1, seed + 1 + n), n)
+            seed += n + 1
+        while budget.more(len(times["single"]), args.rounds):
+            for name, c in clients.items():
+                elapsed, ids = run_jobs(c, range(seed, seed + n), n)
+                seed += n
+                times[name].append(elapsed)
+                calls[name].append(bursts(c.started(ids)))
+            print(
+                f"  round {len(times['single'])}: max {n} {times['batched'][-1]:.2f} s "
+                f"(~{calls['batched'][-1]} engine call(s)), max 1 {times['single'][-1]:.2f} s",
+                flush=True,
+            )
+    finally:
+        for c in clients.values():
+            c.close()
+        batched.proc.stop()
+        single.proc.stop()
+
+    # Context: the engine alone, in this process.
+    quiet_imports()
+    from openletz.engines.base import GenerationRequest
+    from openletz.engines.diffusers.engine import DiffusersEngine
+    from openletz.engines.diffusers.registry import Registry
+
+    engine = DiffusersEngine(Registry.load(registry), device="cpu")
+    requests = [
+        GenerationRequest(PROMPT, API_SIZE, API_SIZE, 1, 2, 3, "default", seed=s) for s in range(n)
+    ]
+
+    def noop(_update: Any) -> None:
+        return None
+
+    def one_call() -> float:
+        t0 = time.perf_counter()
+        out = engine.generate_batch(requests, [noop] * n)
+        assert all(not isinstance(o, BaseException) for o in out)
+        return time.perf_counter() - t0
+
+    def separate() -> float:
+        t0 = time.perf_counter()
+        for r in requests:
+            engine.generate(r, noop)
+        return time.perf_counter() - t0
+
+    engine.generate(requests[0], noop)
+    one_call()
+    in_batch: list[float] = []
+    in_single: list[float] = []
+    while len(in_batch) < max(1, min(args.rounds, 2)) and (
+        not in_batch or time.monotonic() < budget.deadline
+    ):
+        in_batch.append(one_call())
+        in_single.append(separate())
+    engine.close()
+
+    med = statistics.median
+    speedup = med(times["single"]) / med(times["batched"])
+    engine_speedup = med(in_single) / med(in_batch)
+    rows = [
+        (f"seconds for {n} images", "rounds", "median", "min", "max"),
+        stats_row(f"server, OPENLETZ_BATCH_MAX={n}", times["batched"]),
+        stats_row("server, OPENLETZ_BATCH_MAX=1", times["single"]),
+        stats_row(f"engine in-process, generate_batch of {n}", in_batch),
+        stats_row(f"engine in-process, {n} x generate", in_single),
+    ]
+    print()
+    print(h.table(rows))
+    ok = speedup >= args.target_batching
+    print(
+        f"batching speedup through the server {speedup:.2f}x ({verdict(ok)} "
+        f"target >= {args.target_batching:g}x); engine alone {engine_speedup:.2f}x; engine calls "
+        f"per round with max {n} (from claim times): {calls['batched']}; model: tiny SD, "
+        f"resolution {res}, {steps} steps, guidance {g:g}"
+    )
+    print(
+        h.result_line(
+            batching_speedup=speedup,
+            batching_engine_speedup=engine_speedup,
+            batched_s=med(times["batched"]),
+            single_s=med(times["single"]),
+            jobs=n,
+            resolution=res,
+            steps=steps,
+            rounds=len(times["single"]),
+        ),
+        flush=True,
+    )
+    return {"speedup": speedup}
+
+
+# -- 3. preview cost -----------------------------------------------------------------
+
+
+@dataclass
+class PreviewTimes:
+    step_s: list[float]  # one denoising step, previews off
+    rgb_s: list[float]  # update.preview()
+    jpeg_s: list[float]  # imaging.preview_jpeg(..., max_side=256)
+    rounds: int
+
+    @property
+    def preview_s(self) -> list[float]:
+        return [a + b for a, b in zip(self.rgb_s, self.jpeg_s, strict=True)]
+
+
+def time_previews(engine: Any, request: Any, rounds: int, budget: Budget) -> PreviewTimes:
+    """Per round, one run with previews off (step times from the callback's
+    timestamps), then one of the same seed making a preview at every step but the
+    last, as the worker does. The last step's callback interrupts: no VAE decode."""
+    from openletz import imaging
+    from openletz.engines.base import Interrupted, StepUpdate
+
+    times = PreviewTimes([], [], [], 0)
+    stamps: list[float] = []
+
+    def off(update: StepUpdate) -> None:
+        stamps.append(time.perf_counter())
+        if update.step >= update.total:
+            raise Interrupted
+
+    def on(update: StepUpdate, keep: bool = True) -> None:
+        if update.step >= (update.total if keep else 2):
+            raise Interrupted
+        assert update.preview is not None
+        t0 = time.perf_counter()
+        image = update.preview()
+        t1 = time.perf_counter()
+        imaging.preview_jpeg(image, max_side=256)
+        t2 = time.perf_counter()
+        if keep:
+            times.rgb_s.append(t1 - t0)
+            times.jpeg_s.append(t2 - t1)
+
+    def run(on_step: Callable[[StepUpdate], None]) -> None:
+        with contextlib.suppress(Interrupted):
+            engine.generate(request, on_step)
+
+    run(lambda u: on(u, keep=False))  # loads the model, warms the preview path
+    while budget.more(times.rounds, rounds):
+        stamps.clear()
+        run(off)
+        times.step_s.extend(b - a for a, b in itertools.pairwise(stamps))
+        run(on)
+        times.rounds += 1
+    return times
+
+
+def bench_preview(args: argparse.Namespace, models: Models, budget: Budget) -> dict[str, Any]:
+    quiet_imports()
+    from openletz.engines.base import GenerationRequest
+    from openletz.engines.diffusers.engine import DiffusersEngine
+    from openletz.engines.diffusers.registry import Registry
+
+    steps, g = args.preview_steps, args.guidance
+    cases = {"sd": 512, "sdxl": 1024}
+    registry = models.registry(
+        "preview",
+        {
+            f"tiny-{name}": {"family": name, "resolution": res, "steps": steps, "guidance": g}
+            for name, res in cases.items()
+        },
+    )
+    print(
+        f"preview: one preview per step as the worker makes it (update.preview(), then "
+        f"imaging.preview_jpeg(max_side=256)) against one denoising step; {steps} steps, "
+        f"guidance {g:g}; tiny SD at 512 (64x64 latents), tiny SDXL at 1024 (128x128 latents)",
+        flush=True,
+    )
+    engine = DiffusersEngine(Registry.load(registry), device="cpu")
+    figures: dict[str, Any] = {}
+    rows: list[tuple[Any, ...]] = [("ms", "n", "median", "min", "max")]
+    verdicts = []
+    med = statistics.median
+    for k, (name, res) in enumerate(cases.items()):
+        left = budget.deadline - time.monotonic()
+        request = GenerationRequest(
+            PROMPT, res, res, 1, 2, 3, "default", seed=7, base_model=f"tiny-{name}"
+        )
+        t = time_previews(
+            engine, request, args.preview_rounds, Budget(max(0.0, left / (len(cases) - k)))
+        )
+        ratio = med(t.preview_s) / med(t.step_s)
+        verdicts.append(ratio <= args.target_preview)
+        label = f"tiny {name.upper()} {res}"
+        rows += [
+            stats_row(f"{label}: denoising step (previews off)", t.step_s, 1000),
+            stats_row(f"{label}: preview (preview() + preview_jpeg)", t.preview_s, 1000),
+            stats_row(f"{label}:   of which update.preview()", t.rgb_s, 1000),
+            stats_row(f"{label}:   of which preview_jpeg", t.jpeg_s, 1000),
+        ]
+        figures[f"preview_ratio_{name}"] = f"{ratio:.5f}"
+        figures[f"preview_ms_{name}"] = med(t.preview_s) * 1000
+        figures[f"step_ms_{name}"] = med(t.step_s) * 1000
+        print(
+            f"  {label}: step {med(t.step_s) * 1000:.1f} ms, "
+            f"preview {med(t.preview_s) * 1000:.2f} ms ({t.rounds} round(s))",
+            flush=True,
+        )
+    engine.close()
+    print()
+    print(h.table(rows))
+    ratios = ", ".join(f"{n} {figures[f'preview_ratio_{n}']}" for n in cases)
+    print(
+        f"preview / step: {ratios} ({verdict(all(verdicts))} target <= {args.target_preview:g}). "
+        "With tiny random weights a step is far cheaper than a real model's while a preview "
+        "costs the same, so these ratios are a pessimistic upper bound; the worker also makes "
+        "at most one preview per OPENLETZ_PREVIEW_INTERVAL_S (0.25 s by default), not one "
+        "per step."
+    )
+    print(h.result_line(**figures, steps=steps), flush=True)
+    return figures
+
+
+# -- main ----------------------------------------------------------------------------
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        epilog=__doc__.split("\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--only",
+        default=",".join(SECTIONS),
+        help="comma-separated measurements to run: serving, batching, preview (default all)",
+    )
+    parser.add_argument("-n", "--jobs", type=int, default=40, help="serving: jobs per round (40)")
+    parser.add_argument("--in-flight", type=int, default=2, help="serving: jobs in flight (2)")
+    parser.add_argument("--rounds", type=int, default=3, help="serving, batching: rounds (3)")
+    parser.add_argument(
+        "--guidance", type=float, default=7.5, help="guidance scale of every tiny model (7.5)"
+    )
+    parser.add_argument("--batch-jobs", type=int, default=16, help="batching: jobs (16)")
+    parser.add_argument(
+        "--batch-resolution", type=int, default=128, help="batching: model resolution (128)"
+    )
+    parser.add_argument("--batch-steps", type=int, default=4, help="batching: steps (4)")
+    parser.add_argument(
+        "--batch-window", type=float, default=0.2, help="batching: OPENLETZ_BATCH_WINDOW_S (0.2)"
+    )
+    parser.add_argument("--preview-steps", type=int, default=5, help="preview: steps per run (5)")
+    parser.add_argument("--preview-rounds", type=int, default=2, help="preview: rounds (2)")
+    parser.add_argument(
+        "--max-seconds",
+        type=float,
+        default=170.0,
+        help="time budget: no further rounds once a measurement's share is spent (170)",
+    )
+    parser.add_argument("--target-serving", type=float, default=0.9)
+    parser.add_argument("--target-batching", type=float, default=2.0)
+    parser.add_argument("--target-preview", type=float, default=0.02)
+    args = parser.parse_args()
+    chosen = [s.strip() for s in args.only.split(",") if s.strip()]
+    unknown = [s for s in chosen if s not in SECTIONS]
+    if unknown or not chosen:
+        parser.error(f"--only takes {', '.join(SECTIONS)}; not {', '.join(unknown) or 'nothing'}")
+    if args.batch_resolution % 8 or args.batch_resolution < 64:
+        parser.error("--batch-resolution must be a multiple of 8, at least 64")
+    h.ensure_venv()
+    h.install_cleanup()
+    # Nothing leaves this machine: the tiny models are local folders.
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    started = time.monotonic()
+    try:
+        models = Models(h.temp_dir("openletz-bench-engine-"))
+        runners = {"serving": bench_serving, "batching": bench_batching, "preview": bench_preview}
+        for i, section in enumerate(chosen):
+            if i:
+                print()
+            left = args.max_seconds - (time.monotonic() - started)
+            share = sum(WEIGHTS[s] for s in chosen[i:])
+            budget = Budget(max(0.0, left * WEIGHTS[section] / share))
+            runners[section](args, models, budget)
+        print(f"\n{time.monotonic() - started:.1f} s in all", flush=True)
+        return 0
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    finally:
+        h.cleanup()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
