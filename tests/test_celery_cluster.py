@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -138,3 +139,51 @@ def test_a_job_that_kills_every_worker_fails_instead_of_looping(
         assert "2 times" in failed["progressMessage"]
         healthy = client.post("/images", json={"prompt": "healthy"}).json()["id"]
         assert wait_for(client, healthy, timeout=60)["status"] == "ready"
+
+
+def test_cluster_workers_batch_compatible_jobs(
+    make_server: Callable[..., Server],
+    cluster_settings: dict[str, object],
+    workers: list[Worker],
+    tmp_path: Path,
+) -> None:
+    from openletz.engines.diffusers import tiny
+
+    folder = tiny.save_pipeline(tiny.build_pipeline("sd"), tmp_path / "sd")
+    # 40 steps: a job alone takes long enough that unbatched starts would be far apart.
+    registry = tmp_path / "models.yaml"
+    registry.write_text(
+        f"models: {{sd: {{family: sd, source: '{folder}', resolution: 64,"
+        " steps: [40, 40, 40, 40, 40], guidance: [0, 0, 0, 0, 0]}}\n"
+        "slots: {2: {default: sd, sigma: sd, turbo: sd}, 3: {default: sd, sigma: sd, turbo: sd}}\n"
+    )
+    settings = {
+        **cluster_settings,
+        "engine": "diffusers",
+        "models_file": registry,
+        "batch_max": 4,
+        "batch_window_s": 0.5,
+    }
+    api = make_server(**settings).start()
+    workers.append(Worker(api.env, tmp_path / "w1.log", queues="sd").start())
+    body = {"prompt": "together", "width": 520, "height": 520, "systemVersion": 2}
+    with api.client(api.create_key("c")) as client:
+        warm = client.post("/images", json={**body, "seed": 0}).json()["id"]
+        assert wait_for(client, warm, timeout=90)["status"] == "ready", workers[0].log()
+        ids = [client.post("/images", json={**body, "seed": s}).json()["id"] for s in (1, 2, 3, 4)]
+        done = [wait_for(client, i, timeout=90) for i in ids]
+    assert all(d["status"] == "ready" for d in done)
+
+    async def started() -> list[float]:
+        import asyncpg
+
+        url = str(cluster_settings["database_url"]).replace("+asyncpg", "")
+        conn = await asyncpg.connect(url)
+        try:
+            rows = await conn.fetch("SELECT started_at FROM jobs WHERE id = ANY($1)", ids)
+        finally:
+            await conn.close()
+        return sorted(r["started_at"].timestamp() for r in rows)
+
+    times = asyncio.run(started())
+    assert times[-1] - times[0] < 0.2, f"claimed apart: {times}"
