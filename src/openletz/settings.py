@@ -158,6 +158,12 @@ class Settings(BaseSettings):
         gt=0,
         description="Memory for loaded models; default: 85 % of the GPU or half the RAM.",
     )
+    cpu_threads: int | None = Field(
+        None,
+        ge=1,
+        description="Threads a worker's model uses on the CPU; default: the cores "
+        "less one (for the API) shared among the workers.",
+    )
     preload_models: str = Field(
         "", description="Comma-separated models each worker loads at start, before any job."
     )

@@ -69,6 +69,7 @@ def make_engine(settings: Settings, on_model_state: Any = None) -> Engine:
             compile=settings.compile,
             on_model_state=on_model_state,
             preload=[n.strip() for n in settings.preload_models.split(",") if n.strip()],
+            cpu_threads=settings.cpu_threads or cpu_share(settings),
         )
     from openletz.engines.sandbox import SandboxEngine
 
@@ -76,3 +77,14 @@ def make_engine(settings: Settings, on_model_state: Any = None) -> Engine:
         duration_s=settings.sandbox_duration_s,
         steps_per_quality=settings.sandbox_steps_per_quality,
     )
+
+
+def cpu_share(settings: Settings) -> int:
+    """The cores less one, which the API process and the rest of the worker need
+    (intra-op threads that compete with them for cores only slow everything
+    down), shared among the workers of this machine."""
+    import os
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    workers = settings.workers if settings.dispatcher == "embedded" else 1
+    return max(1, ((cores or 1) - 1) // workers)

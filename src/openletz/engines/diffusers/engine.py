@@ -145,11 +145,14 @@ class DiffusersEngine(Engine):
         compile: bool = False,
         on_model_state: ModelStateCallback | None = None,
         preload: Sequence[str] = (),
+        cpu_threads: int | None = None,
     ) -> None:
         self.registry = registry
         self._preload = [registry.get(name).name for name in preload]
         self.device = _pick_device(device)
         self.dtype = _pick_dtype(self.device)
+        if self.device.type == "cpu" and cpu_threads is not None:
+            torch.set_num_threads(cpu_threads)
         self._budget = (
             int(memory_budget_gb * 2**30) if memory_budget_gb else _default_budget(self.device)
         )
