@@ -44,9 +44,6 @@ _now = time.monotonic
 _sleep = time.sleep
 _asleep = asyncio.sleep
 
-SortBy = Literal["createdAt", "likes", "regenerations"]
-SortOrder = Literal["ASC", "DESC"]
-
 
 class Client(BaseClient):
     """A blocking client of the LetzAI image API, hosted or openletz.
@@ -132,8 +129,8 @@ class Client(BaseClient):
         *,
         page: int = 1,
         limit: int = 10,
-        sort_by: SortBy = "createdAt",
-        sort_order: SortOrder = "DESC",
+        sort_by: Literal["createdAt", "likes", "regenerations"] = "createdAt",
+        sort_order: Literal["ASC", "DESC"] = "DESC",
     ) -> builtins.list[Image]:
         """One page of the caller's own images."""
         params = {"page": page, "limit": limit, "sortBy": sort_by, "sortOrder": sort_order}
@@ -314,8 +311,8 @@ class AsyncClient(BaseClient):
         *,
         page: int = 1,
         limit: int = 10,
-        sort_by: SortBy = "createdAt",
-        sort_order: SortOrder = "DESC",
+        sort_by: Literal["createdAt", "likes", "regenerations"] = "createdAt",
+        sort_order: Literal["ASC", "DESC"] = "DESC",
     ) -> builtins.list[Image]:
         params = {"page": page, "limit": limit, "sortBy": sort_by, "sortOrder": sort_order}
         return parse_images(json_of(await self._request("GET", "/images", params=params)))
