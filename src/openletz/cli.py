@@ -14,6 +14,8 @@ from typing import Any, TypeVar
 
 import click
 
+from openletz import cli_client
+
 T = TypeVar("T")
 
 
@@ -384,6 +386,9 @@ def migrate() -> None:
 
     click.echo(f"database at revision {asyncio.run(go())}")
 
+
+# generate and images: the SDK's commands, which need no server.
+cli_client.register(main)
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
