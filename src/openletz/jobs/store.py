@@ -187,6 +187,25 @@ class JobStore:
             rows = (await conn.execute(stmt)).mappings().all()
         return [Job.from_row(r) for r in rows]
 
+    async def list_public(
+        self, *, page: int, limit: int, exclude_user_id: int | None = None
+    ) -> list[Job]:
+        """Finished public images, newest first (the index on privacy and creation
+        time serves the order); ``exclude_user_id`` leaves out one account's own."""
+        stmt = jobs.select().where(
+            jobs.c.privacy == "public", jobs.c.status == JobStatus.READY.value
+        )
+        if exclude_user_id is not None:
+            stmt = stmt.where(jobs.c.user_id != exclude_user_id)
+        stmt = (
+            stmt.order_by(jobs.c.created_at.desc(), jobs.c.id.desc())
+            .limit(limit)
+            .offset((page - 1) * limit)
+        )
+        async with self._engine.connect() as conn:
+            rows = (await conn.execute(stmt)).mappings().all()
+        return [Job.from_row(r) for r in rows]
+
     async def set_privacy(self, job_id: str, privacy: Privacy) -> Job | None:
         stmt = (
             jobs.update()
