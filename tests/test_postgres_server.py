@@ -84,3 +84,22 @@ def test_two_api_servers_share_jobs_progress_and_previews(
             httpx.get(done["imageVersions"]["640x640"].replace(b.base_url, a.base_url)).status_code
             == 200
         )
+
+
+def test_odd_image_ids_are_404_on_postgresql(
+    make_server: Callable[..., Server], postgres_url: str
+) -> None:
+    """PostgreSQL refuses some text SQLite takes (NUL, invalid UTF-8): an id that
+    cannot exist is a 404 on every id route, never a 500 from the database."""
+    server = make_server(database_url=postgres_url).start()
+    with server.client(server.create_key("odd-ids")) as client:
+        for raw in ("%00", "a%00b", "%FF%FE", "%C3%28", "x" * 65, "%F0%9F%A6%8A", "a.b"):
+            for method, path, body in (
+                ("GET", f"/images/{raw}", None),
+                ("PUT", f"/images/{raw}/interruption", None),
+                ("PUT", f"/images/{raw}/privacy", {"privacy": "public"}),
+                ("DELETE", f"/images/{raw}", None),
+            ):
+                resp = client.request(method, path, json=body)
+                assert resp.status_code == 404, (method, raw, resp.status_code, resp.text)
+                assert resp.json()["statusCode"] == 404

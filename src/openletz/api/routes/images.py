@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import secrets
 from typing import Annotated, Any, Literal
 
@@ -31,12 +32,14 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 # No length limit here: an id too long to exist is simply not found (404, as any
 # other unknown id), never a 400 about the path.
 ImageId = Annotated[str, Path(description="The image's id.")]
-_MAX_ID_CHARS = 64
+# Ids are UUIDs; anything outside this shape cannot exist, and is not sent to the
+# database at all (PostgreSQL refuses text with NUL in it, for one).
+_ID_SHAPE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 async def _visible(services: Services, user: User, image_id: str) -> Job:
     """The job if ``user`` may read it; 404 otherwise, whether or not it exists."""
-    job = await services.jobs.get(image_id) if len(image_id) <= _MAX_ID_CHARS else None
+    job = await services.jobs.get(image_id) if _ID_SHAPE.fullmatch(image_id) else None
     if job is None or (job.user_id != user.id and job.privacy != "public"):
         raise ApiError(404, f"image {image_id} not found")
     return job
