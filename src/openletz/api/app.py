@@ -11,7 +11,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from openletz import __version__
 from openletz.api import errors
-from openletz.api.routes import files, images, public, system
+from openletz.api.routes import files, images, public, system, web
 from openletz.api.routing import PlainRoute
 from openletz.api.services import Services
 from openletz.settings import Settings
@@ -22,6 +22,7 @@ openletz speaks the LetzAI public image API. Authenticate every call with
 Create an image with `POST /images`, then poll `GET /images/{id}` every 3 s until
 `status` is `ready` (download `imageVersions.original`) or `failed` (read
 `progressMessage`). Errors are `{"statusCode", "message", "error"}`.
+A browser UI for the same calls is at `/`.
 """
 
 
@@ -127,7 +128,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # The routes go straight into the app's router: an included router is a
     # wrapper that FastAPI matches twice per request, which costs the poll route
     # more than its own work.
-    for router in (images.router, public.router, files.router, system.router):
+    for router in (images.router, public.router, files.router, system.router, web.router):
         app.router.routes.extend(router.routes)
     # Routes are matched in order; the poll route is matched first because it is
     # called most (no other route's path can match /images/{id} with GET).

@@ -147,8 +147,8 @@ class Client(BaseClient):
     ) -> Image:
         """Poll until the image is ready, failed or interrupted, and return it.
 
-        ``on_progress`` is called after every poll. A 429 or 503 answer is waited
-        out (for its ``Retry-After``, else ``poll_interval``). With
+        ``on_progress`` is called after every poll. A 429, 502, 503 or 504 answer
+        is waited out (for its ``Retry-After``, else ``poll_interval``). With
         ``raise_on_failure`` (the default) a failed or interrupted image raises
         ImageFailedError; without it, it is returned. WaitTimeoutError when
         ``timeout`` seconds pass first (None: no limit).
