@@ -21,6 +21,7 @@ from openletz.client import (
     APIConnectionError,
     APIError,
     APITimeoutError,
+    AsyncClient,
     AuthenticationError,
     BadRequestError,
     Client,
@@ -538,3 +539,74 @@ def test_without_any_environment_the_base_url_is_a_local_openletz(
         assert c.base_url == "http://127.0.0.1:8000"
     with pytest.raises(ConfigurationError, match="must start with http:// or https://"):
         Client("k", base_url="api.letz.ai")
+
+
+# AsyncClient: the same behaviour through an async transport.
+
+
+@pytest.fixture
+def async_clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
+    fake = FakeClock()
+
+    async def asleep(seconds: float) -> None:
+        fake.sleep(seconds)
+
+    monkeypatch.setattr(_client, "_now", fake.monotonic)
+    monkeypatch.setattr(_client, "_asleep", asleep)
+    return fake
+
+
+def async_hosted(handler: Handler) -> AsyncClient:
+    async def answer(request: httpx.Request) -> httpx.Response:
+        return handler(request)
+
+    return AsyncClient(KEY, base_url=HOSTED_BASE_URL, transport=httpx.MockTransport(answer))
+
+
+async def test_async_create_wait_and_download(async_clock: FakeClock, tmp_path: Path) -> None:
+    limited = error(429, "Too Many Requests", "Too Many Requests")
+    limited.headers["Retry-After"] = "4"
+    ready = hosted_image(status="ready", progress=100, imageVersions={"original": f"{CDN}/o.webp"})
+    answers = iter(
+        [
+            httpx.Response(201, json=hosted_image()),
+            limited,
+            httpx.Response(200, json=hosted_image(status="in progress", progress=10)),
+            httpx.Response(200, json=ready),
+        ]
+    )
+    bodies: list[bytes] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.host == "cdn.example.test":
+            assert "authorization" not in request.headers
+            return httpx.Response(200, content=b"WEBP", headers={"content-type": "image/webp"})
+        bodies.append(request.content)
+        return next(answers)
+
+    seen: list[int] = []
+
+    async def on_progress(progress: Progress) -> None:
+        seen.append(progress.progress)
+
+    async with async_hosted(handler) as client:
+        image = await client.create("p", seed=None, quality=2)
+        image = await client.wait(image, on_progress=on_progress)
+        path = await client.download(image, path=tmp_path)
+    assert json.loads(bodies[0]) == {"prompt": "p", "quality": 2}
+    assert async_clock.sleeps == [4.0, 3.0]
+    assert seen == [10, 100]
+    assert path == tmp_path / f"{image.id}.webp"
+    assert path.read_bytes() == b"WEBP"
+
+
+async def test_async_errors(async_clock: FakeClock) -> None:
+    failed = hosted_image(status="interrupted", progressMessage="interrupted by the user")
+    answers = iter([error(402, "No credits", "Payment Required"), httpx.Response(200, json=failed)])
+    async with async_hosted(lambda request: next(answers)) as client:
+        with pytest.raises(PaymentRequiredError) as info:
+            await client.create("p")
+        assert (info.value.status_code, info.value.message) == (402, "No credits")
+        with pytest.raises(ImageFailedError, match="interrupted: interrupted by the user"):
+            await client.wait("x")
+    assert async_clock.sleeps == []
