@@ -47,5 +47,7 @@ async def get_file(
     path = path_of(key)
     if not path.is_file():
         raise not_found
-    cache = "public, max-age=31536000, immutable" if public else "private, max-age=300"
+    # A public image can be made private again: shared caches may keep it for an
+    # hour at most, not for a year.
+    cache = "public, max-age=3600" if public else "private, max-age=300"
     return FileResponse(path, headers={"Cache-Control": cache})
