@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import quote
@@ -50,6 +51,25 @@ def test_doc_is_html(anonymous: httpx.Client) -> None:
     assert resp.status_code == 200
     assert resp.headers["content-type"].startswith("text/html")
     assert "/doc-json" in resp.text
+
+
+def test_doc_needs_no_internet(anonymous: httpx.Client) -> None:
+    """Every script and style of the docs page comes from the server itself."""
+    page = anonymous.get("/doc").text
+    assets = re.findall(r'(?:src|href)="([^"]+)"', page)
+    assert assets
+    assert all(a.startswith("/doc/static/") for a in assets), assets
+    for asset in assets:
+        resp = anonymous.get(asset)
+        assert resp.status_code == 200, asset
+        assert len(resp.content) > 500
+    assert (
+        anonymous.get("/doc/static/swagger-ui-bundle.js")
+        .headers["content-type"]
+        .startswith("text/javascript")
+    )
+    for other in ("/doc/static/index.html", "/doc/static/..%2F__init__.py", "/doc/static/x.js"):
+        assert_error(anonymous.get(other), 404)
 
 
 def test_doc_json_lists_the_image_routes(document: dict[str, Any]) -> None:
