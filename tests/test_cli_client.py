@@ -222,6 +222,16 @@ def test_api_errors_are_one_line(cli: Invoke, args: tuple[str, ...], expected: s
     assert failed_cleanly(cli(*args)) == expected
 
 
+def test_bad_arguments_are_one_line(cli: Invoke) -> None:
+    assert failed_cleanly(cli("images", "get", " ")) == (
+        "an image id must be a non-empty string (got ' ')"
+    )
+    result = cli("generate", "p", "--poll-interval", "0")
+    assert result.exit_code == 2
+    assert "Invalid value for '--poll-interval'" in result.stderr
+    assert "Traceback" not in result.output
+
+
 def test_a_bad_key_is_one_line(cli: Invoke) -> None:
     message = failed_cleanly(cli("images", "list", "--key", "olz_wrong"))
     assert message.startswith("401 Unauthorized: ")

@@ -57,7 +57,7 @@ def _client(base_url: str | None, key: str | None) -> Iterator[Client]:
     try:
         with Client(key, base_url=base_url) as client:
             yield client
-    except OpenLetzError as exc:
+    except (OpenLetzError, ValueError) as exc:
         raise click.ClickException(_one_line(str(exc))) from None
     except OSError as exc:
         where = f" {exc.filename}" if exc.filename else ""
@@ -165,13 +165,17 @@ class ProgressLine:
 @click.option("--no-wait", is_flag=True, help="Print the image's id at once and do not wait.")
 @click.option(
     "--timeout",
-    type=float,
+    type=click.FloatRange(min=0),
     default=600.0,
     show_default=True,
     help="Seconds to wait at most (0: no limit).",
 )
 @click.option(
-    "--poll-interval", type=float, default=3.0, show_default=True, help="Seconds between polls."
+    "--poll-interval",
+    type=click.FloatRange(min=0, min_open=True),
+    default=3.0,
+    show_default=True,
+    help="Seconds between polls.",
 )
 @connection_options
 def generate(
