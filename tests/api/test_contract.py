@@ -523,6 +523,22 @@ def test_list_invalid_query_is_400_naming_it(client: httpx.Client, param: str, v
     assert_error(client.get("/images", params={param: value}), 400, param)
 
 
+@pytest.mark.parametrize(
+    ("param", "value", "message"),
+    [
+        ("page", "0", "page must be at least 1"),
+        ("limit", "101", "limit must be at most 100"),
+        ("limit", "ten", "limit must be an integer"),
+        ("page", "1.5", "page must be an integer"),
+        ("sortBy", "date", "sortBy must be one of 'createdAt', 'likes' or 'regenerations'"),
+    ],
+)
+def test_list_invalid_query_message_states_the_rule(
+    client: httpx.Client, param: str, value: str, message: str
+) -> None:
+    assert client.get("/images", params={param: value}).json()["message"] == message
+
+
 @pytest.mark.parametrize(("param", "value"), [("limit", "1"), ("limit", "100"), ("page", "1")])
 def test_list_query_bounds_accepted(client: httpx.Client, param: str, value: str) -> None:
     assert _ids(client.get("/images", params={param: value})) == []

@@ -64,8 +64,21 @@ def describe_validation(errors: Sequence[Any]) -> str:
         elif kind == "missing":
             messages.append(f"{field} is required")
         else:
-            messages.append(f"{field} {msg}")
+            messages.append(f"{field} {_rule(kind, err.get('ctx') or {}, msg)}")
     return "; ".join(dict.fromkeys(messages))
+
+
+def _rule(kind: Any, ctx: dict[str, Any], msg: str) -> str:
+    """Pydantic's wording for the query parameters' rules, in the API's own words."""
+    if kind in ("int_parsing", "int_type", "int_from_float"):
+        return "must be an integer"
+    if kind == "greater_than_equal":
+        return f"must be at least {ctx.get('ge')}"
+    if kind == "less_than_equal":
+        return f"must be at most {ctx.get('le')}"
+    if kind == "literal_error":
+        return f"must be one of {ctx.get('expected')}"
+    return msg.replace("Input should be", "must be", 1)
 
 
 def install(app: FastAPI) -> None:
