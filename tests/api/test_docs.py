@@ -170,7 +170,7 @@ def test_health_names_the_engine_and_the_store(anonymous: httpx.Client) -> None:
 
 @pytest.mark.parametrize(
     "path",
-    ["/", "/nope", "/image", "/images/x/y", "/images/x/interruption/now", "/v1/images", "/doc/x"],
+    ["/nope", "/image", "/images/x/y", "/images/x/interruption/now", "/v1/images", "/doc/x"],
 )
 def test_unknown_route_is_404(anonymous: httpx.Client, path: str) -> None:
     assert_error(anonymous.get(path), 404)
