@@ -1,9 +1,9 @@
 """The browser UI end to end, in headless Chromium driven by Playwright.
 
 Debian's ``chromium`` is the browser (Playwright's own downloads are not used);
-scripts/install installs it. Outside CI the test is skipped when it is missing;
-in CI (``CI`` set) it fails instead. A screenshot is left in
-``artifacts/web-ui.png``.
+scripts/install-chromium, which scripts/test runs, installs it. Outside CI the
+test is skipped when it is missing; in CI (``CI`` set) it fails instead.
+Screenshots are left in ``artifacts/`` (``web-ui.png`` and two more).
 """
 
 from __future__ import annotations
@@ -36,7 +36,13 @@ CHROMIUM_ARGS = [
 ]
 
 try:
-    from playwright.sync_api import BrowserContext, Page, expect, sync_playwright
+    from playwright.sync_api import (
+        BrowserContext,
+        ConsoleMessage,
+        Page,
+        expect,
+        sync_playwright,
+    )
 except ImportError:  # pragma: no cover - the dev extra installs it
     sync_playwright = None
 
@@ -46,7 +52,7 @@ def _need_browser() -> None:
     if sync_playwright is None:
         missing.append("the playwright package (pip install -e '.[dev]')")
     if not os.access(CHROMIUM, os.X_OK):
-        missing.append(f"{CHROMIUM} (scripts/install installs Debian's chromium)")
+        missing.append(f"{CHROMIUM} (scripts/install-chromium installs Debian's chromium)")
     if missing:
         message = "the browser test needs " + " and ".join(missing)
         if os.environ.get("CI"):
@@ -98,12 +104,10 @@ class Problems:
         page.on("pageerror", lambda err: self.seen.append(f"error: {err}"))
         page.on("console", self._console)
 
-    def _console(self, message: object) -> None:
-        text = getattr(message, "text", "")
-        kind = getattr(message, "type", "")
+    def _console(self, message: ConsoleMessage) -> None:
         # A refused request (a 400 shown to the user) is logged too; that one is fine.
-        if kind == "error" and not text.startswith("Failed to load resource"):
-            self.seen.append(f"console: {text}")
+        if message.type == "error" and not message.text.startswith("Failed to load resource"):
+            self.seen.append(f"console: {message.text}")
 
 
 def sign_in(page: Page, key: str) -> None:
