@@ -1,7 +1,8 @@
 """Where finished images live.
 
-Keys look like ``<job id>/<version>.<ext>``; a store never accepts a key that
-could name something outside itself (see :func:`check_key`).
+Keys look like ``<job id>/<version>-<attempt>.<ext>`` (each attempt at a job
+writes its own); a store never accepts a key that could name something outside
+itself (see :func:`check_key`).
 """
 
 from __future__ import annotations

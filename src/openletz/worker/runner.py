@@ -264,7 +264,9 @@ class JobRunner:
         if flags.lease_lost.is_set():
             raise _LeaseLost
         ext = imaging.extension(fmt)
-        keys = {name: f"{job.id}/{name}.{ext}" for name in versions}
+        # Each attempt writes keys of its own: one that lost its lease deletes only
+        # its own files below, never those of the attempt that finished the job.
+        keys = {name: f"{job.id}/{name}-{job.attempts}.{ext}" for name in versions}
         ctype = imaging.content_type(fmt)
         await self._blobs.put_many({keys[name]: data for name, data in versions.items()}, ctype)
         self._sink(job.id, STORED, None)

@@ -1,4 +1,4 @@
-"""Image files of the local blob store, at ``/files/<job id>/<version>.<ext>``.
+"""Image files of the local blob store, at ``/files/<job id>/<version>-<attempt>.<ext>``.
 
 A private image's URL carries an expiring signature; a public image's URL is
 plain and stable, so that it can be shared and cached.
