@@ -272,11 +272,25 @@ def _pick(registry: Any, names: tuple[str, ...]) -> list[str]:
 
 
 @models.command("list")
-def models_list() -> None:
-    """Each model: family, source, the slots it fills, and whether it is on this machine."""
-    from openletz.engines.diffusers.availability import installed, is_local
+@click.option(
+    "--server",
+    "server",
+    default=None,
+    metavar="URL",
+    help="A running openletz server (its base URL): its /health adds the state of each "
+    "model in its workers (loading, ready, broken).",
+)
+def models_list(server: str | None) -> None:
+    """Each model: family, state, the slots it fills, and its source.
+
+    STATE is missing (not on this machine) or local (on disk) as this machine
+    sees it; with --server, a model the server's workers are loading, have
+    loaded or could not load shows as loading, ready or broken (with the reason).
+    """
+    from openletz.engines.diffusers.availability import disk_state, installed
 
     registry = _registry()
+    remote, notes = _server_model_states(server) if server else ({}, [])
     slots: dict[str, list[str]] = {}
     for version, modes in registry.slots.items():
         for mode, name in modes.items():
@@ -285,17 +299,55 @@ def models_list() -> None:
     missing = installed()
     if missing:
         click.echo(f"note: the diffusers engine cannot run here: {missing}")
-    click.echo(f"{'MODEL':<18} {'FAMILY':<13} {'LOCAL':<6} {'SLOTS':<22} SOURCE")
+    for note in notes:
+        click.echo(f"note: {note}")
+    click.echo(f"{'MODEL':<18} {'FAMILY':<13} {'STATE':<8} {'SLOTS':<22} SOURCE")
+    reasons: list[str] = []
     for name in registry.models:
         resolved = registry.get(name)
-        local = (
-            "no"
-            if missing and resolved.source.kind == "hub"
-            else ("yes" if is_local(resolved) else "no")
-        )
+        state: str = disk_state(resolved)
+        seen = remote.get(name) or {}
+        if seen.get("state") in ("loading", "ready", "broken"):
+            state = str(seen["state"])
+            if state == "broken":
+                reasons.append(f"{name}: {seen.get('detail') or 'no reason given'}")
         used = ",".join(slots.get(name, [])) or "-"
         family = resolved.spec.family
-        click.echo(f"{name:<18} {family:<13} {local:<6} {used:<22} {resolved.source.location}")
+        source = resolved.source.location + "".join(
+            f" + {c.name} from {c.label}" for c in resolved.components
+        )
+        click.echo(f"{name:<18} {family:<13} {state:<8} {used:<22} {source}")
+    if reasons:
+        click.echo("broken:")
+        for line in reasons:
+            click.echo(f"  {line}")
+
+
+def _server_model_states(url: str) -> tuple[dict[str, dict[str, Any]], list[str]]:
+    """The model states a running server's /health reports, and notes on what it
+    cannot say."""
+    import httpx
+
+    health_url = url.rstrip("/") + "/health"
+    try:
+        response = httpx.get(health_url, timeout=10)
+        response.raise_for_status()
+        health = response.json()
+    except (httpx.HTTPError, ValueError) as exc:
+        raise click.ClickException(f"cannot read {health_url}: {exc}") from None
+    engine = health.get("engine") or {}
+    dispatcher = health.get("dispatcher") or {}
+    if engine.get("name") != "diffusers":
+        reason = f" ({engine['reason']})" if engine.get("reason") else ""
+        note = f"the server at {url} runs the {engine.get('name')} engine{reason}"
+        return {}, [note + "; it loads none of these models"]
+    states = dispatcher.get("models")
+    if not isinstance(states, dict):
+        return {}, [
+            f"the server at {url} does not report its workers' models (dispatcher "
+            f"{dispatcher.get('name')}); states are this machine's only"
+        ]
+    return states, []
 
 
 @models.command("check")
@@ -333,7 +385,8 @@ def models_check(names: tuple[str, ...]) -> None:
 @models.command("pull")
 @click.argument("names", nargs=-1)
 def models_pull(names: tuple[str, ...]) -> None:
-    """Download the hub models (all by default) into the local cache."""
+    """Download the hub models (all by default) into the local cache, with the
+    components they take from other repositories."""
     from openletz.engines.diffusers.availability import installed
     from openletz.engines.diffusers.registry import SourceKind
 
@@ -341,6 +394,7 @@ def models_pull(names: tuple[str, ...]) -> None:
     if missing:
         raise click.ClickException(f"the diffusers engine cannot run here: {missing}")
     from diffusers import DiffusionPipeline
+    from huggingface_hub import snapshot_download
 
     registry = _registry()
     failed = 0
@@ -349,15 +403,29 @@ def models_pull(names: tuple[str, ...]) -> None:
         repo = resolved.source.location if resolved.source.kind is SourceKind.HUB else None
         if repo is None and resolved.source.config and not resolved.source.config.startswith("/"):
             repo = resolved.source.config  # a single file's layout, from the hub
-        if repo is None:
+        parts = [c for c in resolved.components if c.kind is SourceKind.HUB]
+        if repo is None and not parts:
             click.echo(f"{name}: local ({resolved.source.location}), nothing to pull")
             continue
-        click.echo(f"{name}: pulling {repo} ...")
         try:
-            kwargs = {"revision": resolved.spec.revision}
-            if resolved.spec.variant:
-                kwargs["variant"] = resolved.spec.variant
-            DiffusionPipeline.download(repo, **kwargs)
+            if repo is not None:
+                click.echo(f"{name}: pulling {repo} ...")
+                kwargs: dict[str, Any] = {"revision": resolved.spec.revision}
+                if resolved.spec.variant:
+                    kwargs["variant"] = resolved.spec.variant
+                # Components that come from elsewhere are not fetched from the base
+                # (diffusers skips the folders of components passed to it).
+                kwargs.update(dict.fromkeys((c.name for c in resolved.components), None))
+                DiffusionPipeline.download(repo, **kwargs)
+            for part in parts:
+                click.echo(f"{name}: pulling its {part.name} from {part.label} ...")
+                allow, ignore = part.download_patterns()
+                snapshot_download(
+                    part.location,
+                    revision=part.revision,
+                    allow_patterns=allow,
+                    ignore_patterns=ignore,
+                )
         except Exception as exc:
             failed += 1
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

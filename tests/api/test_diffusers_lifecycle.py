@@ -172,6 +172,32 @@ def test_a_missing_model_fails_the_image_with_a_fix(
     assert models["sd"]["state"] == "ready"
 
 
+def test_models_list_shows_the_servers_model_states(
+    client: httpx.Client, diffusers_server: Server
+) -> None:
+    from click.testing import CliRunner
+
+    from openletz.cli import main
+
+    failed = wait_for(
+        client, client.post("/images", json={"prompt": "x", "baseModel": "gone"}).json()["id"]
+    )
+    assert failed["status"] == "failed"
+    body = {"prompt": "x", "width": 520, "height": 520, "systemVersion": 2}
+    assert wait_for(client, client.post("/images", json=body).json()["id"])["status"] == "ready"
+    env = {k: str(v) for k, v in diffusers_server.env.items()}
+    result = CliRunner().invoke(
+        main, ["models", "list", "--server", diffusers_server.base_url], env=env
+    )
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    rows = {r[0]: r for r in (line.split() for line in lines[2:]) if len(r) >= 5}
+    assert rows["sd"][2] == "ready"
+    assert rows["gone"][2] == "broken"
+    assert rows["pixart_sigma"][2] in ("local", "ready")
+    assert any(line.startswith("  gone: The model 'gone'") for line in lines)
+
+
 def test_auto_picks_diffusers_only_with_a_local_model(
     make_server: Callable[..., Server], tmp_path: Path
 ) -> None:

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -26,12 +30,85 @@ def run(registry: Path, *args: str) -> tuple[int, str]:
     return result.exit_code, result.output
 
 
-def test_list_shows_family_slots_and_whether_local(registry: Path, offline_hub: Path) -> None:
+def test_list_shows_family_state_and_slots(registry: Path, offline_hub: Path) -> None:
     code, out = run(registry, "list")
     assert code == 0
+    assert out.splitlines()[1].split() == ["MODEL", "FAMILY", "STATE", "SLOTS", "SOURCE"]
     lines = {line.split()[0]: line.split() for line in out.splitlines()[2:]}
-    assert lines["sd"][1:4] == ["sd", "yes", "2/default,2/turbo"]
-    assert lines["gone"][1:4] == ["sd", "no", "-"]
+    assert lines["sd"][1:4] == ["sd", "local", "2/default,2/turbo"]
+    assert lines["gone"][1:4] == ["sd", "missing", "-"]
+
+
+class FakeServer:
+    """An HTTP server on loopback that answers GET /health with ``health``."""
+
+    def __init__(self, health: dict[str, Any]) -> None:
+        body = json.dumps(health).encode()
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                found = self.path == "/health"
+                self.send_response(200 if found else 404)
+                self.send_header("Content-Type", "application/json")
+                self.end_headers()
+                self.wfile.write(body if found else b"{}")
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def __enter__(self) -> str:
+        self.thread.start()
+        return self.url
+
+    def __exit__(self, *exc: object) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def health(models: dict[str, Any] | None, engine: str = "diffusers") -> dict[str, Any]:
+    dispatcher: dict[str, Any] = {"name": "embedded", "workers": 1}
+    if models is not None:
+        dispatcher["models"] = models
+    return {"status": "ok", "engine": {"name": engine, "reason": "why"}, "dispatcher": dispatcher}
+
+
+def test_list_with_a_server_shows_its_workers_states(registry: Path, offline_hub: Path) -> None:
+    models = {
+        "sd": {"state": "ready", "detail": None},
+        "sdxl": {"state": "loading", "detail": None},
+        "flux": {"state": "unloaded", "detail": None},
+        "gone": {"state": "broken", "detail": "The model 'gone' could not be loaded: offline."},
+    }
+    with FakeServer(health(models)) as url:
+        code, out = run(registry, "list", "--server", url + "/")
+    assert code == 0, out
+    rows = [line.split() for line in out.splitlines()[2:] if not line.startswith(("broken", " "))]
+    states = {row[0]: row[2] for row in rows}
+    assert states["sd"] == "ready"
+    assert states["sdxl"] == "loading"
+    assert states["flux"] == "local"  # unloaded in the worker: on disk
+    assert states["pixart_sigma"] == "local"  # no worker touched it
+    assert states["gone"] == "broken"
+    assert "broken:\n  gone: The model 'gone' could not be loaded: offline." in out
+
+
+def test_list_with_a_server_says_what_it_cannot_tell(registry: Path, offline_hub: Path) -> None:
+    with FakeServer(health(None, engine="sandbox")) as url:
+        code, out = run(registry, "list", "--server", url)
+    assert code == 0
+    assert f"note: the server at {url} runs the sandbox engine (why)" in out
+    with FakeServer(health(None)) as url:
+        code, out = run(registry, "list", "--server", url)
+    assert code == 0
+    assert "does not report its workers' models (dispatcher embedded)" in out
+    code, out = run(registry, "list", "--server", "http://127.0.0.1:9")
+    assert code == 1
+    assert "cannot read http://127.0.0.1:9/health" in out
+    assert "Traceback" not in out
 
 
 def test_check_loads_and_generates_with_each_model(registry: Path, offline_hub: Path) -> None:

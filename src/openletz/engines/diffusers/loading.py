@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import importlib
+import json
 import logging
+import typing
+from pathlib import Path
 from typing import Any
 
 import diffusers
 import torch
 import transformers
+from diffusers.models.modeling_utils import LegacyModelMixin
 
 from openletz.engines.base import EngineError
 from openletz.engines.diffusers.families import Family
-from openletz.engines.diffusers.registry import Resolved, SourceKind
+from openletz.engines.diffusers.registry import ComponentSource, Resolved, SourceKind
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +54,130 @@ def _hint(resolved: Resolved, registry_path: str) -> str:
     )
 
 
+def _component_hint(resolved: Resolved, component: ComponentSource, registry_path: str) -> str:
+    if component.kind is SourceKind.HUB:
+        return (
+            f"Download it with `openletz models pull {resolved.name}` where the model hub "
+            f"is reachable, or set `components.{component.name}.source` in {registry_path} "
+            "to a local folder."
+        )
+    return (
+        f"Check that {component.label} exists and is readable, or fix "
+        f"`components.{component.name}` in {registry_path}."
+    )
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` is an allocation failure: CUDA's, or the CPU allocator's."""
+    if isinstance(exc, torch.cuda.OutOfMemoryError):
+        return True
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and (
+        "out of memory" in text or "not enough memory" in text
+    )
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__).rstrip(".")
+
+
+def _index_location(resolved: Resolved) -> tuple[str, str | None]:
+    """Where the pipeline's ``model_index.json`` is: its source, or for a single
+    file the layout named by ``config``."""
+    source = resolved.source
+    if source.kind is SourceKind.SINGLE_FILE:
+        assert source.config is not None  # the registry requires it
+        return source.config, None
+    return source.location, resolved.spec.revision
+
+
+def _read_index(location: str, revision: str | None) -> dict[str, Any]:
+    """The ``model_index.json`` of a diffusers folder or hub id (from the cache, or
+    downloaded where the hub is reachable)."""
+    if Path(location).is_absolute():
+        path = Path(location) / "model_index.json"
+    else:
+        from huggingface_hub import hf_hub_download
+
+        path = Path(hf_hub_download(location, "model_index.json", revision=revision))
+    index: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    return index
+
+
+def component_class(
+    resolved: Resolved, component: ComponentSource, pipeline: type[Any]
+) -> type[Any]:
+    """The class that loads ``component``, as the base pipeline's ``model_index.json``
+    names it (``"transformer": ["diffusers", "PixArtTransformer2DModel"]``). An
+    index that names a legacy class (``Transformer2DModel``, as older PixArt
+    repositories do) gets the class the ``pipeline`` declares for the component,
+    which is what diffusers would turn it into."""
+    location, revision = _index_location(resolved)
+    index = _read_index(location, revision)
+    entry = index.get(component.name)
+    if not isinstance(entry, list | tuple) or len(entry) != 2 or None in entry:
+        parts = sorted(k for k, v in index.items() if isinstance(v, list) and None not in v)
+        raise ValueError(
+            f"the pipeline at {location} has no component {component.name!r} "
+            f"(it has {', '.join(parts)})"
+        )
+    library, class_name = entry
+    module = importlib.import_module(str(library))
+    cls: type[Any] = getattr(module, str(class_name))
+    if issubclass(cls, LegacyModelMixin):
+        try:
+            declared = typing.get_type_hints(pipeline.__init__).get(component.name)
+        except (NameError, TypeError):
+            declared = None
+        if (
+            isinstance(declared, type)
+            and issubclass(declared, diffusers.ModelMixin)
+            and not issubclass(declared, LegacyModelMixin)
+        ):
+            return declared
+    return cls
+
+
+def _load_component(
+    resolved: Resolved, component: ComponentSource, cls: type[Any], dtype: torch.dtype
+) -> Any:
+    kwargs: dict[str, Any] = {}
+    if issubclass(cls, torch.nn.Module):
+        kwargs["dtype"] = dtype
+    if component.subfolder:
+        kwargs["subfolder"] = component.subfolder
+    if component.variant:
+        kwargs["variant"] = component.variant
+    location = component.location
+    if component.kind is SourceKind.HUB:
+        # Through the hub cache's snapshot (fetched where the hub is reachable,
+        # with the files `models pull` takes), then as a local folder.
+        from huggingface_hub import snapshot_download
+
+        allow, ignore = component.download_patterns()
+        location = snapshot_download(
+            component.location,
+            revision=component.revision,
+            allow_patterns=allow,
+            ignore_patterns=ignore,
+        )
+    try:
+        return cls.from_pretrained(location, **kwargs)
+    except (OSError, ValueError) as exc:
+        if "variant" not in kwargs:
+            raise
+        log.info(
+            "%s: no %s variant of its %s (%s); loading the default weights",
+            resolved.name,
+            component.variant,
+            component.name,
+            exc,
+        )
+        del kwargs["variant"]
+        return cls.from_pretrained(location, **kwargs)
+
+
 def load_pipeline(
     resolved: Resolved,
     family: Family,
@@ -58,16 +187,40 @@ def load_pipeline(
     compile: bool = False,
     registry_path: str = "the model registry",
 ) -> Any:
-    """The pipeline of ``resolved`` on ``device``; any failure becomes an
-    :class:`EngineError` naming the model and what to do about it."""
+    """The pipeline of ``resolved`` on ``device``, with the components its registry
+    entry takes from other sources. A failure becomes an :class:`EngineError`
+    naming the model and what to do about it, except running out of memory
+    (see :func:`is_out_of_memory`), which is raised as it is: what to do about
+    that depends on the other models loaded, which the engine knows."""
     cls = getattr(diffusers, family.pipeline)
     source = resolved.source
     spec = resolved.spec
+    parts: dict[str, Any] = {}
+    try:
+        classes = {c.name: component_class(resolved, c, cls) for c in resolved.components}
+    except (OSError, ValueError, AttributeError, ImportError) as exc:
+        raise EngineError(
+            f"The model {resolved.name!r} ({source.location}) could not be loaded: "
+            f"{_reason(exc)}. " + _hint(resolved, registry_path)
+        ) from exc
+    for component in resolved.components:
+        try:
+            parts[component.name] = _load_component(
+                resolved, component, classes[component.name], dtype
+            )
+        except (OSError, ValueError, RuntimeError, KeyError, AttributeError) as exc:
+            if is_out_of_memory(exc):
+                raise
+            raise EngineError(
+                f"The model {resolved.name!r} could not be loaded: its {component.name} "
+                f"({component.label}): {_reason(exc)}. "
+                + _component_hint(resolved, component, registry_path)
+            ) from exc
     try:
         if source.kind is SourceKind.SINGLE_FILE:
-            pipe = cls.from_single_file(source.location, config=source.config, dtype=dtype)
+            pipe = cls.from_single_file(source.location, config=source.config, dtype=dtype, **parts)
         else:
-            kwargs: dict[str, Any] = {"dtype": dtype}
+            kwargs: dict[str, Any] = {"dtype": dtype, **parts}
             if spec.revision:
                 kwargs["revision"] = spec.revision
             if spec.variant and source.kind is SourceKind.HUB:
@@ -88,10 +241,11 @@ def load_pipeline(
                 del kwargs["variant"]
                 pipe = cls.from_pretrained(source.location, **kwargs)
     except (OSError, ValueError, RuntimeError, KeyError) as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if is_out_of_memory(exc):
+            raise  # the engine says what to do about memory
         raise EngineError(
             f"The model {resolved.name!r} ({source.location}) could not be loaded: "
-            f"{reason.rstrip('.')}. " + _hint(resolved, registry_path)
+            f"{_reason(exc)}. " + _hint(resolved, registry_path)
         ) from exc
     if spec.scheduler is not None:
         pipe.scheduler = _scheduler(spec.scheduler, pipe.scheduler.config, spec)

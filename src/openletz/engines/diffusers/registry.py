@@ -35,6 +35,37 @@ class SourceKind(StrEnum):
     SINGLE_FILE = "single_file"
 
 
+#: The pipeline components of each family that a registry model may take from
+#: another source (``components``): the parts that hold weights, and their tokenizers.
+FAMILY_COMPONENTS: dict[str, tuple[str, ...]] = {
+    "sd": ("unet", "vae", "text_encoder", "tokenizer"),
+    "sdxl": ("unet", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2"),
+    "pixart_sigma": ("transformer", "vae", "text_encoder", "tokenizer"),
+    "flux": ("transformer", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2"),
+}
+
+
+class ComponentSpec(BaseModel):
+    """One component of a model's pipeline, from a source of its own (a hub id or a
+    local folder), such as a transformer published without the rest of its pipeline."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    source: str = Field(min_length=1)
+    subfolder: str | None = None
+    variant: str | None = None
+    revision: str | None = None
+
+    @model_validator(mode="after")
+    def _not_a_single_file(self) -> ComponentSpec:
+        if self.source.endswith((".safetensors", ".ckpt")):
+            raise ValueError(
+                "a component's source is a hub id or a diffusers folder (with `subfolder` "
+                "where the component lives inside it), not a single checkpoint file"
+            )
+        return self
+
+
 class Refine(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     from_quality: int = Field(ge=1, le=5)
@@ -56,6 +87,19 @@ class ModelSpec(BaseModel):
     guidance: FiveScales
     refine: Refine | None = None
     negative_prompt: str | None = None
+    #: components taken from elsewhere, over those of ``source``
+    components: dict[str, ComponentSpec] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _components_exist(self) -> ModelSpec:
+        known = FAMILY_COMPONENTS[self.family]
+        unknown = [name for name in self.components if name not in known]
+        if unknown:
+            raise ValueError(
+                f"components: {', '.join(unknown)} is not a component of a {self.family} "
+                f"pipeline; it has {', '.join(known)}"
+            )
+        return self
 
     @model_validator(mode="after")
     def _single_file_has_config(self) -> ModelSpec:
@@ -81,10 +125,41 @@ class Source:
 
 
 @dataclass(frozen=True, slots=True)
+class ComponentSource:
+    """Where one overriding component comes from."""
+
+    name: str  # the pipeline's component: "transformer", "vae", ...
+    kind: SourceKind  # HUB or FOLDER
+    location: str  # hub id, or an absolute path
+    subfolder: str | None
+    variant: str | None
+    revision: str | None
+
+    @property
+    def label(self) -> str:
+        return f"{self.location}/{self.subfolder}" if self.subfolder else self.location
+
+    def download_patterns(self) -> tuple[list[str], list[str]]:
+        """The files of this component in its hub repository, and those to skip:
+        its configuration and tokenizer files, and its safetensors weights (the
+        variant's where one is named, else the plain ones)."""
+        prefix = f"{self.subfolder}/" if self.subfolder else ""
+        allow = [f"{prefix}*.json", f"{prefix}*.txt", f"{prefix}*.model"]
+        if self.variant is None:
+            allow.append(f"{prefix}*.safetensors")
+            ignore = [f"{prefix}*.{v}{sep}*" for v in ("fp16", "bf16", "fp32") for sep in ".-"]
+        else:
+            allow.append(f"{prefix}*.{self.variant}*.safetensors")
+            ignore = []
+        return allow, ignore
+
+
+@dataclass(frozen=True, slots=True)
 class Resolved:
     name: str
     spec: ModelSpec
     source: Source
+    components: tuple[ComponentSource, ...] = ()
 
     def steps_for(self, quality: int) -> int:
         return self.spec.steps[quality - 1]
@@ -137,10 +212,12 @@ class Registry:
         }
         return cls(parsed.models, slots, path=file.resolve())
 
+    def _absolute(self, text: str) -> str:
+        path = Path(os.path.expanduser(text))
+        return str(path if path.is_absolute() else (self.path.parent / path).resolve())
+
     def source_of(self, spec: ModelSpec) -> Source:
-        def absolute(text: str) -> str:
-            path = Path(os.path.expanduser(text))
-            return str(path if path.is_absolute() else (self.path.parent / path).resolve())
+        absolute = self._absolute
 
         if _is_path(spec.source):
             location = absolute(spec.source)
@@ -156,11 +233,23 @@ class Registry:
             config = absolute(config)
         return Source(kind, location, config)
 
+    def components_of(self, spec: ModelSpec) -> tuple[ComponentSource, ...]:
+        out = []
+        for name, part in spec.components.items():
+            if _is_path(part.source):
+                kind, location = SourceKind.FOLDER, self._absolute(part.source)
+            else:
+                kind, location = SourceKind.HUB, part.source
+            out.append(
+                ComponentSource(name, kind, location, part.subfolder, part.variant, part.revision)
+            )
+        return tuple(out)
+
     def get(self, name: str) -> Resolved:
         spec = self.models.get(name)
         if spec is None:
             raise RegistryError(f"no model named {name!r}; known: {', '.join(sorted(self.models))}")
-        return Resolved(name, spec, self.source_of(spec))
+        return Resolved(name, spec, self.source_of(spec), self.components_of(spec))
 
     def resolve(self, system_version: int, mode: str, base_model: str | None = None) -> Resolved:
         """The model for a request: its ``baseModel`` if given, else its slot."""
