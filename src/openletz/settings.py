@@ -156,7 +156,8 @@ class Settings(BaseSettings):
     model_memory_gb: float | None = Field(
         None,
         gt=0,
-        description="Memory for loaded models; default: 85 % of the GPU or half the RAM.",
+        description="Memory for one worker's loaded models; default: 85 % of the GPU or "
+        "half the RAM, shared among this machine's workers.",
     )
     cpu_threads: int | None = Field(
         None,

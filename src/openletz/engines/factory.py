@@ -70,6 +70,7 @@ def make_engine(settings: Settings, on_model_state: Any = None) -> Engine:
             on_model_state=on_model_state,
             preload=[n.strip() for n in settings.preload_models.split(",") if n.strip()],
             cpu_threads=settings.cpu_threads or cpu_share(settings),
+            workers=workers_here(settings),
         )
     from openletz.engines.sandbox import SandboxEngine
 
@@ -79,6 +80,12 @@ def make_engine(settings: Settings, on_model_state: Any = None) -> Engine:
     )
 
 
+def workers_here(settings: Settings) -> int:
+    """The worker processes on this machine: ``serve``'s own, or one ``openletz
+    worker`` process in a cluster."""
+    return settings.workers if settings.dispatcher == "embedded" else 1
+
+
 def cpu_share(settings: Settings) -> int:
     """The cores less one, which the API process and the rest of the worker need
     (intra-op threads that compete with them for cores only slow everything
@@ -86,5 +93,4 @@ def cpu_share(settings: Settings) -> int:
     import os
 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    workers = settings.workers if settings.dispatcher == "embedded" else 1
-    return max(1, ((cores or 1) - 1) // workers)
+    return max(1, ((cores or 1) - 1) // workers_here(settings))

@@ -31,13 +31,20 @@ from openletz.engines.base import (
     StepCallback,
     StepUpdate,
 )
+from openletz.engines.diffusers.availability import ModelState, disk_state
 from openletz.engines.diffusers.families import FAMILIES, Call, Family
-from openletz.engines.diffusers.loading import load_pipeline, model_bytes
+from openletz.engines.diffusers.footprint import estimate_bytes
+from openletz.engines.diffusers.loading import is_out_of_memory, load_pipeline, model_bytes
 from openletz.engines.diffusers.registry import Registry, RegistryError, Resolved
 
 log = logging.getLogger(__name__)
 
 ModelStateCallback = Callable[[str, str, str | None], None]
+
+#: How long a model that failed to load fails jobs at once with the same
+#: message before the next job tries loading it again (the operator may have
+#: fixed it in the meantime).
+BROKEN_RETRY_S = 60.0
 
 
 def plan_size(width: int, height: int, native: int, multiple: int) -> tuple[int, int]:
@@ -146,7 +153,12 @@ class DiffusersEngine(Engine):
         on_model_state: ModelStateCallback | None = None,
         preload: Sequence[str] = (),
         cpu_threads: int | None = None,
+        workers: int = 1,
+        broken_retry_s: float = BROKEN_RETRY_S,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """``workers``: the worker processes on this machine that share its memory
+        (and its GPU); the default memory budget is split among them."""
         self.registry = registry
         self._preload = [registry.get(name).name for name in preload]
         self.device = _pick_device(device)
@@ -154,13 +166,24 @@ class DiffusersEngine(Engine):
         if self.device.type == "cpu" and cpu_threads is not None:
             torch.set_num_threads(cpu_threads)
         self._budget = (
-            int(memory_budget_gb * 2**30) if memory_budget_gb else _default_budget(self.device)
+            int(memory_budget_gb * 2**30)
+            if memory_budget_gb
+            else _default_budget(self.device, max(1, workers))
         )
         self._compile = compile
         self._models: OrderedDict[str, _Loaded] = OrderedDict()
         self._lock = threading.Lock()
         self._on_model_state = on_model_state or (lambda name, state, detail: None)
-        self._broken: dict[str, str] = {}
+        #: model -> (the message its load failed with, when)
+        self._broken: dict[str, tuple[str, float]] = {}
+        self._broken_retry_s = broken_retry_s
+        self._clock = clock
+        self._loading: str | None = None
+
+    @property
+    def memory_budget(self) -> int:
+        """Bytes that loaded models may take in this worker."""
+        return self._budget
 
     # -- planning -------------------------------------------------------------
 
@@ -201,17 +224,64 @@ class DiffusersEngine(Engine):
     # -- models ---------------------------------------------------------------
 
     def model(self, name: str) -> _Loaded:
-        """The loaded pipeline of ``name``, loading it (and evicting others) if needed."""
+        """The loaded pipeline of ``name``, loading it if needed: least recently used
+        models are unloaded first until its estimated size fits the budget."""
         with self._lock:
             loaded = self._models.get(name)
             if loaded is not None:
                 self._models.move_to_end(name)
                 return loaded
+            broken = self._broken.get(name)
+            if broken is not None and self._clock() - broken[1] < self._broken_retry_s:
+                # Fail fast: loading again so soon would fail again, and slowly.
+                raise EngineError(broken[0])
             resolved = self.registry.get(name)
+            estimate = estimate_bytes(resolved, self.dtype.itemsize)
+            if estimate is not None:
+                if estimate > self._budget:
+                    log.warning(
+                        "model %s needs about %.2f GB, more than the memory budget of "
+                        "%.2f GB (OPENLETZ_MODEL_MEMORY_GB); unloading every other model",
+                        name,
+                        estimate / 2**30,
+                        self._budget / 2**30,
+                    )
+                self._make_room(estimate, keep=None)
+            self._loading = name
             self._on_model_state(name, "loading", None)
             started = time.monotonic()
             try:
-                pipe = load_pipeline(
+                pipe = self._load(resolved, estimate)
+            except EngineError as exc:
+                self._broken[name] = (str(exc), self._clock())
+                self._on_model_state(name, "broken", str(exc))
+                raise
+            finally:
+                self._loading = None
+            loaded = _Loaded(pipe, model_bytes(pipe))
+            self._models[name] = loaded
+            self._broken.pop(name, None)
+            log.info(
+                "model %s loaded in %.1f s (%.2f GB; estimated from its files: %s)",
+                name,
+                time.monotonic() - started,
+                loaded.nbytes / 2**30,
+                "unknown" if estimate is None else f"{estimate / 2**30:.2f} GB",
+            )
+            # The measured size is what counts from now on; if the estimate was
+            # short, others make room now.
+            self._make_room(0, keep=name)
+            self._on_model_state(name, "ready", None)
+            return loaded
+
+    def _load(self, resolved: Resolved, estimate: int | None) -> Any:
+        """``load_pipeline``; out of memory with other models loaded, those are
+        unloaded and the load tried once more; out of memory alone, an
+        :class:`EngineError` that says what to do."""
+        retried = False
+        while True:
+            try:
+                return load_pipeline(
                     resolved,
                     FAMILIES[resolved.spec.family],
                     device=self.device,
@@ -219,35 +289,97 @@ class DiffusersEngine(Engine):
                     compile=self._compile,
                     registry_path=str(self.registry.path),
                 )
-            except EngineError as exc:
-                self._broken[name] = str(exc)
-                self._on_model_state(name, "broken", str(exc))
-                raise
-            loaded = _Loaded(pipe, model_bytes(pipe))
-            self._models[name] = loaded
-            self._broken.pop(name, None)
-            log.info(
-                "model %s loaded in %.1f s (%.2f GB)",
-                name,
-                time.monotonic() - started,
-                loaded.nbytes / 2**30,
-            )
-            self._evict(keep=name)
-            self._on_model_state(name, "ready", None)
-            return loaded
+            except Exception as exc:
+                if not is_out_of_memory(exc):
+                    raise
+                detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            # Out of the except block, so that the traceback's frames (and the
+            # half-loaded pipeline they hold) can be freed.
+            self._release_memory()
+            if self._models and not retried:
+                log.warning(
+                    "out of memory loading %s (%s); unloading the other models and retrying",
+                    resolved.name,
+                    detail,
+                )
+                self._make_room(self._budget + 1, keep=None)
+                retried = True
+                continue
+            raise EngineError(self._out_of_memory(resolved, estimate, detail))
 
-    def _evict(self, keep: str) -> None:
-        while sum(m.nbytes for m in self._models.values()) > self._budget and len(self._models) > 1:
-            name = next(n for n in self._models if n != keep)
-            del self._models[name]
-            log.info("model %s evicted (memory budget %.1f GB)", name, self._budget / 2**30)
-            self._on_model_state(name, "unloaded", None)
+    def _out_of_memory(self, resolved: Resolved, estimate: int | None, detail: str) -> str:
+        where = "the GPU" if self.device.type == "cuda" else f"this machine ({self.device.type})"
+        size = (
+            f"about {estimate / 2**30:.1f} GB in {str(self.dtype).removeprefix('torch.')}"
+            if estimate is not None
+            else "its size unknown before loading"
+        )
+        share = "this GPU" if self.device.type == "cuda" else "this machine"
+        return (
+            f"The model {resolved.name!r} did not fit in memory: {where} ran out of memory "
+            f"loading it ({size}; this worker's model memory budget is "
+            f"{self._budget / 2**30:.1f} GB, and no other model was loaded"
+            + (f"; {detail.rstrip('.')}" if detail else "")
+            + "). Lower OPENLETZ_MODEL_MEMORY_GB, run fewer workers or fewer models on "
+            f"{share}, or use a smaller variant of the model (fp16 weights, or a smaller "
+            f"model in {self.registry.path})."
+        )
+
+    def _make_room(self, needed: int, keep: str | None) -> None:
+        """Unload least recently used models (never ``keep``) until the loaded ones
+        and ``needed`` more bytes fit the budget."""
+        evicted = False
+        while True:
+            used = sum(m.nbytes for m in self._models.values())
+            if used + needed <= self._budget:
+                break
+            victim = next((n for n in self._models if n != keep), None)
+            if victim is None:
+                break
+            del self._models[victim]
+            evicted = True
+            log.info(
+                "model %s unloaded (%.2f GB loaded and %.2f GB needed; budget %.2f GB)",
+                victim,
+                used / 2**30,
+                needed / 2**30,
+                self._budget / 2**30,
+            )
+            self._on_model_state(victim, "unloaded", None)
+        if evicted:
+            self._release_memory()
+
+    def _release_memory(self) -> None:
         gc.collect()
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
 
+    def model_states(self) -> dict[str, tuple[ModelState, str | None]]:
+        """Each registry model's state in this worker, with the reason when broken:
+        ``missing`` (not on this machine), ``local`` (on disk, not loaded),
+        ``loading``, ``ready`` (loaded) or ``broken``."""
+        loaded = set(self._models)
+        loading = self._loading
+        broken = dict(self._broken)
+        states: dict[str, tuple[ModelState, str | None]] = {}
+        for name in self.registry.models:
+            if name in loaded:
+                states[name] = ("ready", None)
+            elif name == loading:
+                states[name] = ("loading", None)
+            elif name in broken:
+                states[name] = ("broken", broken[name][0])
+            else:
+                states[name] = (disk_state(self.registry.get(name)), None)
+        return states
+
     def loaded_models(self) -> list[str]:
+        """The loaded models, least recently used first."""
         return list(self._models)
+
+    def loaded_bytes(self) -> dict[str, int]:
+        """Each loaded model's measured size in bytes."""
+        return {name: loaded.nbytes for name, loaded in list(self._models.items())}
 
     # -- generating -----------------------------------------------------------
 
@@ -495,10 +627,12 @@ def _pick_dtype(device: torch.device) -> torch.dtype:
     return torch.float32
 
 
-def _default_budget(device: torch.device) -> int:
+def _default_budget(device: torch.device, workers: int = 1) -> int:
+    """85 % of the GPU, or half the RAM, shared among the ``workers`` on this machine."""
     if device.type == "cuda":
-        return int(torch.cuda.get_device_properties(device).total_memory * 0.85)
-    import os
+        total = int(torch.cuda.get_device_properties(device).total_memory * 0.85)
+    else:
+        import os
 
-    pages = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    return int(pages * 0.5)
+        total = int(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") * 0.5)
+    return total // workers
