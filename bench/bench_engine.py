@@ -12,12 +12,13 @@ serving   Images per second through the whole server (``openletz serve``, engine
           submitted with K in flight (default 2), timed from the first POST to
           the last job seen "ready" in the database. The registry makes 64x64 in
           1 step (the engine then resizes to 520x520), hasWatermark false, JPEG.
-          Baseline: the same count of bare pipeline calls in this process,
-          ``pipe(prompt, num_inference_steps=1, width=64, height=64, generator=...)``
-          then the resize to 520x520 and ``imaging.render_versions`` (JPEG, the same
-          imaging work the worker does). ``serving_ratio`` = server / bare.
-          Target: >= 0.9. ``serving_ratio_no_imaging`` (context) divides by bare
-          pipeline calls alone.
+          Baseline: the same count of bare pipeline calls in this process, at the
+          size the server really generates,
+          ``pipe(prompt, num_inference_steps=1, width=64, height=64, generator=...)``.
+          ``serving_ratio`` = server / bare pipeline calls. Target: >= 0.9.
+          Context, ``serving_ratio_with_imaging``: against bare calls each followed
+          by the resize to 520x520 and ``imaging.render_versions`` (JPEG), the
+          imaging work the worker does for every image.
 
 batching  16 concurrent compatible jobs (same size and steps, different seeds)
           through a server with OPENLETZ_BATCH_MAX=16 (batch window 0.2 s) and
@@ -40,13 +41,34 @@ preview   The cost of one live preview as the worker makes it
           weights a step is far cheaper than a real model's while the preview
           costs the same, so this is a pessimistic upper bound.
 
+Full size (--full-size; --device cuda, the default where there is a GPU)
+    The same three measurements with the real SD-Turbo and SDXL architectures
+    (bench/_architectures.py: their published configurations, random weights;
+    speed does not depend on the weights' values), each at each of --sizes
+    (512 and 1024), in bf16 (fp16 where bf16 is missing), eager. The models
+    are built on the device, saved to a temp folder, and the servers load them
+    through the registry as real models ("<arch>-<size>", resolution <size>,
+    --steps steps (4), guidance 0 for SD-Turbo and 5 for SDXL).
+    serving   a server (one worker, OPENLETZ_BATCH_MAX=1) making --jobs (8) jobs
+              of max(520, size) px, 2 in flight, against the same count of bare
+              pipe() calls at size x size in this process (same saved weights,
+              dtype, steps and guidance, eager): serving_ratio_<arch>_<size>.
+    batching  --batch-jobs (8) concurrent jobs, OPENLETZ_BATCH_MAX=8 against 1:
+              batching_speedup_<arch>_<size>.
+    preview   one preview's cost / one denoising step at size x size:
+              preview_ratio_<arch>_<size>.
+    --smoke   the same architectures with shrunk widths and depths, at 128 px,
+              so that a CPU runs the whole path in a couple of minutes: a check
+              of the code, not a measurement.
+
 How to read it
     Medians over alternating rounds; compare ratios between runs, not raw rates.
     The machine's noise shows in the min/max columns.
 
 Default duration: about two minutes, bounded by --max-seconds (default 170; a
 measurement stops adding rounds when its share is spent, after at least one).
-Talks only to 127.0.0.1; writes only to a temp dir.
+With --full-size on a GPU, about five minutes. Talks only to 127.0.0.1; writes
+only to a temp dir.
 """
 
 from __future__ import annotations
@@ -107,11 +129,12 @@ class Models:
 
         entries = {}
         for model, spec in models.items():
+            steps = spec["steps"]
             entries[model] = {
                 "family": spec["family"],
-                "source": str(self.folder(spec["family"])),
+                "source": str(spec.get("source") or self.folder(spec["family"])),
                 "resolution": spec["resolution"],
-                "steps": [spec["steps"]] * 5,
+                "steps": steps if isinstance(steps, list) else [steps] * 5,
                 "guidance": [spec["guidance"]] * 5,
             }
         first = next(iter(models))
@@ -135,7 +158,14 @@ class Server:
         return Client(self)
 
 
-def start_servers(root: Path, registry: Path, named: dict[str, dict[str, Any]]) -> list[Server]:
+def start_servers(
+    root: Path,
+    registry: Path,
+    named: dict[str, dict[str, Any]],
+    *,
+    device: str = "cpu",
+    timeout: float = 90.0,
+) -> list[Server]:
     """One ``openletz serve`` per entry of ``named`` (data dir name: settings), with
     the diffusers engine on ``registry`` and one worker each; they start side by
     side, and this returns once every one has a ready worker.
@@ -152,7 +182,7 @@ def start_servers(root: Path, registry: Path, named: dict[str, dict[str, Any]]) 
             data,
             port=port,
             engine="diffusers",
-            device="cpu",
+            device=device,
             models_file=registry,
             workers=1,
             image_format="jpeg",
@@ -162,7 +192,9 @@ def start_servers(root: Path, registry: Path, named: dict[str, dict[str, Any]]) 
         proc = h.Proc([*argv, "--log-level", "warning"], env, data / "server.log", port)
         servers.append(Server(proc, key, data / "openletz.db"))
     for server in servers:
-        server.proc.wait_http("/health", ready=lambda x: x["dispatcher"]["ready"] >= 1, timeout=90)
+        server.proc.wait_http(
+            "/health", ready=lambda x: x["dispatcher"]["ready"] >= 1, timeout=timeout
+        )
     return servers
 
 
@@ -217,23 +249,31 @@ class Client:
         self.db.close()
 
 
-def body(seed: int) -> dict[str, Any]:
-    return {
+def body(seed: int, size: int = API_SIZE, model: str | None = None) -> dict[str, Any]:
+    job: dict[str, Any] = {
         "prompt": PROMPT,
-        "width": API_SIZE,
-        "height": API_SIZE,
+        "width": size,
+        "height": size,
         "quality": 1,
         "creativity": 2,
         "hasWatermark": False,
         "seed": seed,
     }
+    if model is not None:
+        job["baseModel"] = model
+    return job
 
 
 def run_jobs(
-    client: Client, seeds: Sequence[int], in_flight: int, timeout: float = 120.0
+    client: Client,
+    seeds: Sequence[int],
+    in_flight: int,
+    timeout: float = 120.0,
+    make: Callable[[int], dict[str, Any]] = body,
 ) -> tuple[float, list[str]]:
-    """Submit one job per seed keeping ``in_flight`` unfinished; returns the seconds
-    from the first POST to the last job seen ready, and the job ids."""
+    """Submit one job per seed (``make(seed)``) keeping ``in_flight`` unfinished;
+    returns the seconds from the first POST to the last job seen ready, and the
+    job ids."""
     client.reconnect()
     pending = list(seeds)
     live: list[str] = []
@@ -242,7 +282,7 @@ def run_jobs(
     t_last = t0
     while pending or live:
         while pending and len(live) < in_flight:
-            job_id = client.post(body(pending.pop(0)))
+            job_id = client.post(make(pending.pop(0)))
             live.append(job_id)
             ids.append(job_id)
         time.sleep(POLL_S)
@@ -352,8 +392,8 @@ def bench_serving(args: argparse.Namespace, models: Models, budget: Budget) -> d
             full.append(bare(args.jobs, True))
             pipe_only.append(bare(args.jobs, False))
             print(
-                f"  round {len(served)}: server {served[-1]:.1f} img/s, bare {full[-1]:.1f}, "
-                f"bare without imaging {pipe_only[-1]:.1f}",
+                f"  round {len(served)}: server {served[-1]:.1f} img/s, bare pipe() "
+                f"{pipe_only[-1]:.1f}, bare pipe() + imaging {full[-1]:.1f}",
                 flush=True,
             )
     finally:
@@ -363,25 +403,26 @@ def bench_serving(args: argparse.Namespace, models: Models, budget: Budget) -> d
     rows = [
         ("images per second", "rounds", "median", "min", "max"),
         stats_row("server (POST -> ready)", served),
-        stats_row("bare pipe + resize + render_versions", full),
-        stats_row("bare pipe only (context)", pipe_only),
+        stats_row("bare pipe() calls (the baseline)", pipe_only),
+        stats_row("bare pipe + resize + render_versions (context)", full),
     ]
     med = statistics.median
-    ratio = med(served) / med(full)
-    ratio_pipe = med(served) / med(pipe_only)
+    ratio = med(served) / med(pipe_only)
+    ratio_imaging = med(served) / med(full)
     print()
     print(h.table(rows))
     print(
-        f"serving ratio {ratio:.3f} ({verdict(ratio >= args.target_serving)} target >= "
-        f"{args.target_serving:g}); against bare calls without imaging {ratio_pipe:.3f}"
+        f"serving ratio {ratio:.3f}: server / bare pipeline calls in one process "
+        f"({verdict(ratio >= args.target_serving)} target >= {args.target_serving:g}); "
+        f"context: against bare calls plus the worker's resize and imaging {ratio_imaging:.3f}"
     )
     print(
         h.result_line(
             serving_ratio=ratio,
-            serving_ratio_no_imaging=ratio_pipe,
+            serving_ratio_with_imaging=ratio_imaging,
             server_img_s=med(served),
-            bare_img_s=med(full),
             bare_pipe_img_s=med(pipe_only),
+            bare_with_imaging_img_s=med(full),
             jobs=args.jobs,
             rounds=len(served),
         ),
@@ -635,7 +676,322 @@ def bench_preview(args: argparse.Namespace, models: Models, budget: Budget) -> d
     return figures
 
 
+# -- full size: the real architectures, random weights -------------------------------
+
+
+@dataclass
+class Combo:
+    """One architecture at one generated size, as a registry model of its own."""
+
+    arch: str
+    size: int
+    guidance: float
+
+    @property
+    def model(self) -> str:
+        return f"{self.arch}-{self.size}"
+
+    @property
+    def request_size(self) -> int:
+        # the API takes 520..2160: a 512 px image is asked for at 520 and made at 512
+        return max(API_SIZE, self.size)
+
+    def job(self, seed: int) -> dict[str, Any]:
+        return body(seed, self.request_size, self.model)
+
+
+def full_size_dtype(device: str) -> Any:
+    """The dtype the engine loads in on ``device`` (bf16 on CUDA where supported)."""
+    import torch
+
+    if device.startswith("cuda"):
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32
+
+
+def build_full_size(
+    args: argparse.Namespace, root: Path, archs: Sequence[str], dtype: Any
+) -> dict[str, Path]:
+    """Each architecture built with random weights on the device, saved as a
+    diffusers folder in ``dtype`` (as a real checkpoint in that dtype is)."""
+    import gc
+
+    import torch
+
+    import _architectures as arch_module
+
+    folders = {}
+    for name in archs:
+        t0 = time.perf_counter()
+        pipe = arch_module.build(name, device=args.device, dtype=dtype, smoke=args.smoke)
+        params = arch_module.parameters(pipe)
+        folders[name] = root / name
+        pipe.save_pretrained(folders[name], safe_serialization=True)
+        del pipe
+        gc.collect()
+        if args.device.startswith("cuda"):
+            torch.cuda.empty_cache()
+        parts = ", ".join(f"{k} {v / 1e6:.0f} M" for k, v in params.items())
+        print(
+            f"  {name}{' (smoke: shrunk)' if args.smoke else ''}: "
+            f"{sum(params.values()) / 1e9:.3f} B parameters ({parts}); built and saved in "
+            f"{time.perf_counter() - t0:.1f} s",
+            flush=True,
+        )
+    return folders
+
+
+def bench_full_size(
+    args: argparse.Namespace, models: Models, sections: Sequence[str], seconds: float
+) -> dict[str, Any]:
+    quiet_imports()
+    import diffusers
+    import torch
+
+    import _architectures as arch_module
+    from openletz.engines.base import GenerationRequest
+    from openletz.engines.diffusers.engine import DiffusersEngine
+    from openletz.engines.diffusers.registry import Registry
+
+    started = time.monotonic()
+    device, dtype = args.device, full_size_dtype(args.device)
+    if device == "cpu":
+        # Like with like: the worker's share of the cores (the cores less one for
+        # the API), not every core, which on a loaded machine is much slower.
+        from openletz.engines.factory import cpu_share
+        from openletz.settings import Settings
+
+        torch.set_num_threads(cpu_share(Settings(workers=1, dispatcher="embedded")))
+    archs = [a.strip() for a in args.archs.split(",") if a.strip()]
+    sizes = [int(x) for x in args.sizes.split(",") if x.strip()]
+    combos = [
+        Combo(a, size, arch_module.ARCHITECTURES[a].guidance) for a in archs for size in sizes
+    ]
+    where = torch.cuda.get_device_name(device) if device.startswith("cuda") else "CPU"
+    print(
+        f"full size: {', '.join(archs)} with random weights at {', '.join(map(str, sizes))} px, "
+        f"{args.steps} steps, on {device} ({where}) in {str(dtype).removeprefix('torch.')}, "
+        f"eager (no torch.compile); torch {torch.__version__}, diffusers {diffusers.__version__}"
+        + (
+            f"; {torch.get_num_threads()} CPU thread(s) here as in the worker"
+            if device == "cpu"
+            else ""
+        ),
+        flush=True,
+    )
+    folders = build_full_size(args, models.root, archs, dtype)
+    # quality 1 runs --steps (serving, batching); quality 5 the preview run's steps
+    preview_steps = max(args.steps, args.preview_steps)
+    registry = models.registry(
+        "full-size",
+        {
+            c.model: {
+                "family": arch_module.ARCHITECTURES[c.arch].family,
+                "source": folders[c.arch],
+                "resolution": c.size,
+                "steps": [args.steps] * 4 + [preview_steps],
+                "guidance": c.guidance,
+            }
+            for c in combos
+        },
+    )
+    figures: dict[str, Any] = {}
+    rows: list[tuple[Any, ...]] = [("", "n", "median", "min", "max")]
+    med = statistics.median
+
+    def share(section: str) -> Budget:
+        weights = {s: WEIGHTS[s] for s in sections}
+        left = seconds - (time.monotonic() - started)
+        return Budget(max(0.0, left * weights[section] / sum(weights.values()) / len(combos)))
+
+    def make_servers() -> tuple[Server, Server]:
+        batched, single = start_servers(
+            models.root,
+            registry,
+            {
+                "full-batched": {"batch_max": args.batch_jobs, "batch_window_s": args.batch_window},
+                "full-single": {"batch_max": 1, "batch_window_s": args.batch_window},
+            },
+            device=device,
+            timeout=300,
+        )
+        return batched, single
+
+    need_servers = "serving" in sections or "batching" in sections
+    servers = make_servers() if need_servers else None
+    clients = {"batched": servers[0].client(), "single": servers[1].client()} if servers else {}
+    seed = 0
+    try:
+        for c in combos:
+            label = f"{c.arch} {c.size}"
+            if servers is not None:
+                # Load the model in both servers' workers, outside the timings.
+                for client in clients.values():
+                    run_jobs(client, [seed], 1, timeout=600, make=c.job)
+                    seed += 1
+            if "serving" in sections:
+                served: list[float] = []
+                bare_rates: list[float] = []
+                family = arch_module.ARCHITECTURES[c.arch].family
+                cls = (
+                    diffusers.StableDiffusionXLPipeline
+                    if family == "sdxl"
+                    else (diffusers.StableDiffusionPipeline)
+                )
+                pipe = cls.from_pretrained(str(folders[c.arch]), dtype=dtype).to(device)
+                pipe.set_progress_bar_config(disable=True)
+
+                def bare(n: int, pipe: Any = pipe, c: Combo = c) -> float:
+                    t0 = time.perf_counter()
+                    for i in range(n):
+                        with torch.inference_mode():
+                            pipe(
+                                PROMPT,
+                                num_inference_steps=args.steps,
+                                guidance_scale=c.guidance,
+                                width=c.size,
+                                height=c.size,
+                                generator=torch.Generator("cpu").manual_seed(i),
+                            ).images[0]
+                    return n / (time.perf_counter() - t0)
+
+                bare(2)  # warm: kernels, allocator
+                budget = share("serving")
+                while budget.more(len(served), args.rounds):
+                    elapsed, _ = run_jobs(
+                        clients["single"],
+                        range(seed, seed + args.jobs),
+                        args.in_flight,
+                        timeout=600,
+                        make=c.job,
+                    )
+                    seed += args.jobs
+                    served.append(args.jobs / elapsed)
+                    bare_rates.append(bare(args.jobs))
+                    print(
+                        f"  {label} serving round {len(served)}: server {served[-1]:.2f} img/s, "
+                        f"bare pipe() {bare_rates[-1]:.2f} img/s",
+                        flush=True,
+                    )
+                del pipe, bare
+                if device.startswith("cuda"):
+                    torch.cuda.empty_cache()
+                ratio = med(served) / med(bare_rates)
+                rows += [
+                    stats_row(f"{label}: server img/s (max 1, {args.in_flight} in flight)", served),
+                    stats_row(f"{label}: bare pipe() img/s, one process", bare_rates),
+                ]
+                figures[f"serving_ratio_{c.arch}_{c.size}"] = ratio
+                figures[f"server_img_s_{c.arch}_{c.size}"] = med(served)
+                figures[f"bare_img_s_{c.arch}_{c.size}"] = med(bare_rates)
+            if "batching" in sections:
+                n = args.batch_jobs
+                times: dict[str, list[float]] = {"batched": [], "single": []}
+                calls: list[int] = []
+                budget = share("batching")
+                while budget.more(len(times["single"]), args.rounds):
+                    for name, client in clients.items():
+                        elapsed, ids = run_jobs(
+                            client, range(seed, seed + n), n, timeout=600, make=c.job
+                        )
+                        seed += n
+                        times[name].append(elapsed)
+                        if name == "batched":
+                            calls.append(bursts(client.started(ids)))
+                    print(
+                        f"  {label} batching round {len(times['single'])}: max {n} "
+                        f"{times['batched'][-1]:.2f} s (~{calls[-1]} engine call(s)), "
+                        f"max 1 {times['single'][-1]:.2f} s",
+                        flush=True,
+                    )
+                speedup = med(times["single"]) / med(times["batched"])
+                rows += [
+                    stats_row(f"{label}: s for {n} jobs, OPENLETZ_BATCH_MAX={n}", times["batched"]),
+                    stats_row(f"{label}: s for {n} jobs, OPENLETZ_BATCH_MAX=1", times["single"]),
+                ]
+                figures[f"batching_speedup_{c.arch}_{c.size}"] = speedup
+        if servers is not None:
+            for client in clients.values():
+                client.close()
+            for server in servers:
+                server.proc.stop()
+            servers = None
+        if "preview" in sections:
+            engine = DiffusersEngine(Registry.load(registry), device=device)
+            for c in combos:
+                label = f"{c.arch} {c.size}"
+                request = GenerationRequest(
+                    PROMPT,
+                    c.request_size,
+                    c.request_size,
+                    5,
+                    2,
+                    3,
+                    "default",
+                    seed=7,
+                    base_model=c.model,
+                )
+                t = time_previews(engine, request, args.preview_rounds, share("preview"))
+                ratio = med(t.preview_s) / med(t.step_s)
+                rows += [
+                    stats_row(f"{label}: denoising step ms (previews off)", t.step_s, 1000),
+                    stats_row(f"{label}: preview ms (preview() + preview_jpeg)", t.preview_s, 1000),
+                ]
+                figures[f"preview_ratio_{c.arch}_{c.size}"] = f"{ratio:.5f}"
+                figures[f"step_ms_{c.arch}_{c.size}"] = med(t.step_s) * 1000
+                print(
+                    f"  {label} preview: step {med(t.step_s) * 1000:.1f} ms, preview "
+                    f"{med(t.preview_s) * 1000:.2f} ms ({t.rounds} round(s))",
+                    flush=True,
+                )
+            engine.close()
+    finally:
+        if servers is not None:
+            for client in clients.values():
+                client.close()
+            for server in servers:
+                server.proc.stop()
+    print()
+    print(h.table(rows))
+    verdicts = []
+    for c in combos:
+        parts = []
+        key = f"{c.arch}_{c.size}"
+        if f"serving_ratio_{key}" in figures:
+            ratio = figures[f"serving_ratio_{key}"]
+            verdicts.append(ratio >= args.target_serving)
+            parts.append(f"serving ratio {ratio:.3f}")
+        if f"batching_speedup_{key}" in figures:
+            parts.append(f"batching speedup {figures[f'batching_speedup_{key}']:.2f}x")
+        if f"preview_ratio_{key}" in figures:
+            ratio = float(figures[f"preview_ratio_{key}"])
+            verdicts.append(ratio <= args.target_preview)
+            parts.append(f"preview / step {ratio:.4f}")
+        print(f"{c.arch} at {c.size}: {', '.join(parts)}")
+    print(
+        f"targets: serving ratio >= {args.target_serving:g}, preview / step <= "
+        f"{args.target_preview:g}: {verdict(all(verdicts))}"
+        + ("; smoke run: shrunk architectures, the figures mean nothing" if args.smoke else "")
+    )
+    print(
+        h.result_line(
+            **figures,
+            device=device,
+            dtype=str(dtype).removeprefix("torch."),
+            steps=args.steps,
+            smoke=int(args.smoke),
+        ),
+        flush=True,
+    )
+    return figures
+
+
 # -- main ----------------------------------------------------------------------------
+
+
+#: defaults that differ with --full-size (and with --smoke, its CPU check)
+FULL_SIZE_DEFAULTS = {"jobs": 8, "rounds": 2, "batch_jobs": 8, "max_seconds": 420.0}
+SMOKE_DEFAULTS = {"jobs": 3, "rounds": 1, "batch_jobs": 4, "max_seconds": 120.0, "steps": 2}
 
 
 def main() -> int:
@@ -649,13 +1005,19 @@ def main() -> int:
         default=",".join(SECTIONS),
         help="comma-separated measurements to run: serving, batching, preview (default all)",
     )
-    parser.add_argument("-n", "--jobs", type=int, default=40, help="serving: jobs per round (40)")
+    parser.add_argument(
+        "-n", "--jobs", type=int, default=None, help="serving: jobs per round (40; full size 8)"
+    )
     parser.add_argument("--in-flight", type=int, default=2, help="serving: jobs in flight (2)")
-    parser.add_argument("--rounds", type=int, default=3, help="serving, batching: rounds (3)")
+    parser.add_argument(
+        "--rounds", type=int, default=None, help="serving, batching: rounds (3; full size 2)"
+    )
     parser.add_argument(
         "--guidance", type=float, default=7.5, help="guidance scale of every tiny model (7.5)"
     )
-    parser.add_argument("--batch-jobs", type=int, default=16, help="batching: jobs (16)")
+    parser.add_argument(
+        "--batch-jobs", type=int, default=None, help="batching: jobs (16; full size 8)"
+    )
     parser.add_argument(
         "--batch-resolution", type=int, default=128, help="batching: model resolution (128)"
     )
@@ -668,20 +1030,55 @@ def main() -> int:
     parser.add_argument(
         "--max-seconds",
         type=float,
-        default=170.0,
-        help="time budget: no further rounds once a measurement's share is spent (170)",
+        default=None,
+        help="time budget: no further rounds once a measurement's share is spent "
+        "(170; full size 420, not counting building and loading the models)",
+    )
+    full = parser.add_argument_group(
+        "full size",
+        "the real SD-Turbo and SDXL architectures with random weights (bench/_architectures.py) "
+        "instead of the tiny models, each at each size, on a GPU",
+    )
+    full.add_argument("--full-size", action="store_true", help="measure the real architectures")
+    full.add_argument(
+        "--device", default=None, help="cuda (default where there is one) or cpu; full size only"
+    )
+    full.add_argument("--archs", default="sd-turbo,sdxl", help="architectures (sd-turbo,sdxl)")
+    full.add_argument(
+        "--sizes", default=None, help="generated sizes, comma-separated (512,1024; smoke 128)"
+    )
+    full.add_argument(
+        "--steps", type=int, default=None, help="denoising steps per image (4; smoke 2)"
+    )
+    full.add_argument(
+        "--smoke",
+        action="store_true",
+        help="shrunk widths and depths of the same architectures, so that a CPU runs the "
+        "whole full-size path in a couple of minutes (a check of the code, not a measurement)",
     )
     parser.add_argument("--target-serving", type=float, default=0.9)
     parser.add_argument("--target-batching", type=float, default=2.0)
     parser.add_argument("--target-preview", type=float, default=0.02)
     args = parser.parse_args()
+    h.ensure_venv()
+    defaults: dict[str, Any] = {"jobs": 40, "rounds": 3, "batch_jobs": 16, "max_seconds": 170.0}
+    if args.full_size:
+        defaults |= FULL_SIZE_DEFAULTS | {"steps": 4, "sizes": "512,1024"}
+        if args.smoke:
+            defaults |= SMOKE_DEFAULTS | {"sizes": "128"}
+    for name, value in defaults.items():
+        if getattr(args, name, None) is None:
+            setattr(args, name, value)
     chosen = [s.strip() for s in args.only.split(",") if s.strip()]
     unknown = [s for s in chosen if s not in SECTIONS]
     if unknown or not chosen:
         parser.error(f"--only takes {', '.join(SECTIONS)}; not {', '.join(unknown) or 'nothing'}")
     if args.batch_resolution % 8 or args.batch_resolution < 64:
         parser.error("--batch-resolution must be a multiple of 8, at least 64")
-    h.ensure_venv()
+    if args.full_size:
+        check_full_size_args(parser, args)
+    elif args.smoke or args.device or args.sizes or args.steps:
+        parser.error("--smoke, --device, --sizes and --steps go with --full-size")
     h.install_cleanup()
     # Nothing leaves this machine: the tiny models are local folders.
     os.environ["HF_HUB_OFFLINE"] = "1"
@@ -690,6 +1087,10 @@ def main() -> int:
     started = time.monotonic()
     try:
         models = Models(h.temp_dir("openletz-bench-engine-"))
+        if args.full_size:
+            bench_full_size(args, models, chosen, args.max_seconds)
+            print(f"\n{time.monotonic() - started:.1f} s in all", flush=True)
+            return 0
         runners = {"serving": bench_serving, "batching": bench_batching, "preview": bench_preview}
         for i, section in enumerate(chosen):
             if i:
@@ -705,6 +1106,34 @@ def main() -> int:
         return 130
     finally:
         h.cleanup()
+
+
+def check_full_size_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    import torch
+
+    import _architectures as arch_module
+
+    if args.device is None:
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device here (try --smoke --device cpu)")
+    if args.device == "cpu" and not args.smoke:
+        print(
+            "note: the full-size architectures on a CPU take minutes per image and "
+            "tens of GB of RAM; --smoke checks the same path with shrunk ones",
+            file=sys.stderr,
+        )
+    archs = [a.strip() for a in args.archs.split(",") if a.strip()]
+    if not archs or any(a not in arch_module.ARCHITECTURES for a in archs):
+        parser.error(f"--archs takes {', '.join(arch_module.ARCHITECTURES)}")
+    try:
+        sizes = [int(x) for x in args.sizes.split(",") if x.strip()]
+    except ValueError:
+        parser.error("--sizes takes numbers, e.g. 512,1024")
+    if not sizes or any(x % 8 or x < 64 for x in sizes):
+        parser.error("--sizes must be multiples of 8, at least 64")
+    if args.steps < 1 or max(args.steps, args.preview_steps) < 2:
+        parser.error("--steps must be at least 1 (and --preview-steps at least 2)")
 
 
 if __name__ == "__main__":

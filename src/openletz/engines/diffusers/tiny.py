@@ -62,6 +62,7 @@ from transformers import (
 __all__ = [
     "FAMILIES",
     "build_pipeline",
+    "clip_tokenizer",
     "install_in_hub_cache",
     "save_pipeline",
     "save_single_file",
@@ -103,6 +104,13 @@ def _clip_tokenizer() -> CLIPTokenizer:
     vocab |= {f"{char}</w>": 256 + i for i, char in enumerate(alphabet)}
     vocab |= {_CLIP_BOS: 512, _CLIP_EOS: 513}
     return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=_CLIP_LENGTH)
+
+
+def clip_tokenizer() -> CLIPTokenizer:
+    """A CLIP tokenizer that encodes any text in 77 tokens with no download: ids
+    512 (start) and 513 (end) and the byte-level alphabet below them, all valid
+    ids of a real CLIP text encoder's 49408-token vocabulary."""
+    return _clip_tokenizer()
 
 
 def _t5_tokenizer() -> T5Tokenizer:
