@@ -7,9 +7,11 @@ import contextlib
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
@@ -115,6 +117,25 @@ class Server:
             check=False,
         ).stdout
         return [int(p) for p in out.split()]
+
+    def job_rows(self, ids: list[str]) -> dict[str, dict[str, Any]]:
+        """The jobs' rows, read straight from the server's SQLite database (times as
+        aware datetimes): what the API does not show, such as claim times."""
+        conn = sqlite3.connect(self.data_dir / "openletz.db")
+        conn.row_factory = sqlite3.Row
+        try:
+            marks = ",".join("?" * len(ids))
+            rows = conn.execute(f"SELECT * FROM jobs WHERE id IN ({marks})", ids).fetchall()
+        finally:
+            conn.close()
+        out: dict[str, dict[str, Any]] = {}
+        for row in rows:
+            values = dict(row)
+            for k in ("created_at", "updated_at", "started_at", "finished_at"):
+                if values[k] is not None:
+                    values[k] = datetime.fromisoformat(values[k]).replace(tzinfo=UTC)
+            out[values["id"]] = values
+        return out
 
     def create_key(self, user: str, *, system_version: int | None = None) -> str:
         async def go() -> str:

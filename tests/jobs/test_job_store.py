@@ -431,15 +431,22 @@ async def test_recover_requeues_expired_lease(
 ) -> None:
     job = await _running(store, user_id)
     await _expire(engine, job.id)
+    # Its worker's last heartbeat saved 37 %; then it died, and its lease ran out.
+    await store.heartbeat(job.id, "w1", lease_s=-60, progress=37)
     recovered = await store.recover_expired(max_attempts=3)
     assert recovered.requeued == [job.id]
     assert recovered.failed == []
     back = await store.get(job.id)
     assert back is not None
-    assert back.status is JobStatus.NEW
+    # Still "in progress" to everyone who watched it, with the progress it had shown;
+    # only its lease owner is gone, which makes it waiting again.
+    assert back.status is JobStatus.IN_PROGRESS
+    assert back.progress == 37
     assert back.lease_owner is None
     assert back.lease_expires_at is None
     assert back.attempts == 1
+    assert back.waiting
+    assert await store.waiting() == [job.id]
     # Another worker can take it, and that is a second attempt.
     again = await store.claim(job.id, "w2", lease_s=30)
     assert again is not None
@@ -525,7 +532,7 @@ async def test_recover_sorts_a_mixed_batch(
     statuses = {j.id: (await store.get(j.id)).status for j in (live, dead, spent, stopped)}  # type: ignore[union-attr]
     assert statuses == {
         live.id: JobStatus.IN_PROGRESS,
-        dead.id: JobStatus.NEW,
+        dead.id: JobStatus.IN_PROGRESS,
         spent.id: JobStatus.FAILED,
         stopped.id: JobStatus.INTERRUPTED,
     }
@@ -552,8 +559,9 @@ async def test_release_owner(store: JobStore, user_id: int) -> None:
     for j in (a, b):
         got = await store.get(j.id)
         assert got is not None
-        assert got.status is JobStatus.NEW
+        assert got.status is JobStatus.IN_PROGRESS
         assert got.lease_owner is None
+        assert got.waiting
 
 
 async def test_release_owner_leaves_finished_jobs(store: JobStore, user_id: int) -> None:
@@ -604,3 +612,108 @@ async def test_similar_waiting_finds_jobs_of_the_same_generation(
     assert other_size.id not in found
     assert other_model.id not in found
     assert await store.similar_waiting(other_model, limit=5) == []
+
+
+# -- retries: a job put back stays "in progress" ------------------------------------------------
+
+
+async def _put_back(store: JobStore, engine: AsyncEngine, job: Job) -> Job:
+    await _expire(engine, job.id)
+    assert job.id in (await store.recover_expired(max_attempts=5)).requeued
+    back = await store.get(job.id)
+    assert back is not None
+    return back
+
+
+async def test_a_job_put_back_is_claimed_again_and_waits_like_a_new_one(
+    store: JobStore, engine: AsyncEngine, user_id: int
+) -> None:
+    job = await _running(store, user_id, "dead")
+    twin = await store.create(new_job(user_id, seed=7))
+    back = await _put_back(store, engine, job)
+    assert back.status is JobStatus.IN_PROGRESS
+    assert back.waiting
+    assert (await store.get(twin.id)).waiting  # type: ignore[union-attr]
+    # It is a candidate for a batch, and a new job is one for its batch.
+    assert await store.similar_waiting(twin, limit=5) == [job.id]
+    assert await store.similar_waiting(back, limit=5) == [twin.id]
+    again = await store.claim(job.id, "w2", lease_s=30)
+    assert again is not None
+    assert again.status is JobStatus.IN_PROGRESS
+    assert again.lease_owner == "w2"
+    assert again.attempts == 2
+    assert not again.waiting
+    # Held again: nobody else can take it, and it waits no more.
+    assert await store.claim(job.id, "w3", lease_s=30) is None
+    assert job.id not in await store.waiting()
+    assert await store.similar_waiting(twin, limit=5) == []
+
+
+async def test_interrupting_a_job_put_back_ends_it_at_once(
+    store: JobStore, engine: AsyncEngine, user_id: int
+) -> None:
+    job = await _running(store, user_id, "dead")
+    await _put_back(store, engine, job)
+    ended = await store.request_interrupt(job.id)
+    assert ended is not None
+    assert ended.status is JobStatus.INTERRUPTED
+    assert ended.progress_message == "Interrupted."
+    assert ended.finished_at is not None
+    assert await store.claim(job.id, "w2", lease_s=30) is None
+    assert await store.waiting() == []
+
+
+async def test_progress_never_goes_down_across_attempts(
+    store: JobStore, engine: AsyncEngine, user_id: int
+) -> None:
+    job = await _running(store, user_id, "first")
+    await store.heartbeat(job.id, "first", lease_s=30, progress=60)
+    await _put_back(store, engine, job)
+    assert await store.claim(job.id, "second", lease_s=30) is not None
+    # The second attempt starts from 0: the row keeps what the first one showed.
+    await store.heartbeat(job.id, "second", lease_s=30, progress=10)
+    assert (await store.get(job.id)).progress == 60  # type: ignore[union-attr]
+    failed = await store.finish(job.id, "second", JobStatus.FAILED, message="no", progress=12)
+    assert failed is not None
+    assert failed.progress == 60
+
+
+async def test_finish_keeps_the_highest_progress_below_100(store: JobStore, user_id: int) -> None:
+    job = await _running(store, user_id)
+    await store.heartbeat(job.id, "w1", lease_s=30, progress=40)
+    done = await store.finish(job.id, "w1", JobStatus.INTERRUPTED, progress=100)
+    assert done is not None
+    assert done.progress == 99
+    other = await _running(store, user_id)
+    await store.heartbeat(other.id, "w1", lease_s=30, progress=40)
+    done = await store.finish(other.id, "w1", JobStatus.FAILED, progress=55)
+    assert done is not None
+    assert done.progress == 55
+
+
+async def test_raise_progress_only_raises(store: JobStore, user_id: int) -> None:
+    job = await _running(store, user_id)
+    await store.raise_progress(job.id, 30)
+    assert (await store.get(job.id)).progress == 30  # type: ignore[union-attr]
+    await store.raise_progress(job.id, 20)
+    await store.heartbeat(job.id, "w1", lease_s=30, progress=25)
+    assert (await store.get(job.id)).progress == 30  # type: ignore[union-attr]
+    done = await store.finish(job.id, "w1", JobStatus.READY, image_versions={"o": "u"})
+    assert done is not None
+    await store.raise_progress(job.id, 99)
+    assert (await store.get(job.id)).progress == 100  # type: ignore[union-attr]
+    await store.raise_progress("missing", 50)
+
+
+async def test_raise_progress_refreshes_a_cached_finished_job(
+    engine: AsyncEngine, user_id: int
+) -> None:
+    store = JobStore(engine, finished_ttl_s=60)
+    job = await _running(store, user_id)
+    failed = await store.finish(job.id, "w1", JobStatus.FAILED, message="x", progress=10)
+    assert failed is not None
+    assert (await store.get(job.id)).progress == 10  # type: ignore[union-attr]
+    # A poll that read the job running showed 50 just as it failed: the row keeps it,
+    # and the cached copy goes.
+    await store.raise_progress(job.id, 50)
+    assert (await store.get(job.id)).progress == 50  # type: ignore[union-attr]

@@ -9,7 +9,7 @@ from typing import Any
 import orjson
 
 from openletz.jobs.status import JobStatus
-from openletz.jobs.store import Job
+from openletz.jobs.store import Job, JobStore
 from openletz.live import LiveStore
 from openletz.storage.base import BlobStore
 
@@ -28,11 +28,23 @@ class Presenter:
     the very same ``Job`` while it keeps a finished row; so the object is kept
     per job and reused while its ``Job`` is the same one. Only the version URLs
     are made anew each time: private ones expire.
+
+    ``progress`` never goes down for a client: a running job shows the higher of
+    its row (the high-water mark of every attempt) and its live progress, and a
+    live value above the row is written to the row before it is shown, so that
+    polls after a retry, a worker's death or a restart of every process show no less.
     """
 
-    def __init__(self, blobs: BlobStore, live: LiveStore, default_engine: str) -> None:
+    def __init__(
+        self,
+        blobs: BlobStore,
+        live: LiveStore,
+        default_engine: str,
+        jobs: JobStore | None = None,
+    ) -> None:
         self._blobs = blobs
         self._live = live
+        self._jobs = jobs
         self._default_engine = default_engine
         self._finished: dict[str, tuple[Job, dict[str, Any]]] = {}
         self._json: dict[str, tuple[Job, dict[str, str], bytes]] = {}
@@ -87,6 +99,10 @@ class Presenter:
                 preview = live.preview or preview
         if job.status is not JobStatus.READY:
             progress = min(progress, 99)  # 100 means ready, and nothing else
+        if progress > job.progress and self._jobs is not None:
+            # At most one small write per poll of a running job, and only when it
+            # moved since the last poll; finished jobs (most polls) write nothing.
+            await self._jobs.raise_progress(job.id, progress)
         engine = job.engine or self._default_engine
         return {
             "id": job.id,

@@ -81,7 +81,7 @@ class Services:
             live=live,
             dispatcher=dispatcher,
             engine=engine,
-            presenter=Presenter(blobs, live, engine.name),
+            presenter=Presenter(blobs, live, engine.name, jobs),
             model_names=model_names,
         )
         await dispatcher.start()

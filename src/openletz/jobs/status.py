@@ -18,12 +18,12 @@ class JobStatus(StrEnum):
 
 _TERMINAL = frozenset({JobStatus.READY, JobStatus.FAILED, JobStatus.INTERRUPTED})
 
-# "in progress" -> "new" is the way back when a lease expires (a worker died).
+# A status only ever moves forward: clients poll it and must never see it go back.
+# A job whose worker died stays "in progress" with no lease owner until another
+# worker claims it; taking a lease is not a change of status (see jobs/store.py).
 TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
     JobStatus.NEW: frozenset({JobStatus.IN_PROGRESS, JobStatus.FAILED, JobStatus.INTERRUPTED}),
-    JobStatus.IN_PROGRESS: frozenset(
-        {JobStatus.NEW, JobStatus.READY, JobStatus.FAILED, JobStatus.INTERRUPTED}
-    ),
+    JobStatus.IN_PROGRESS: frozenset({JobStatus.READY, JobStatus.FAILED, JobStatus.INTERRUPTED}),
     JobStatus.READY: frozenset(),
     JobStatus.FAILED: frozenset(),
     JobStatus.INTERRUPTED: frozenset(),

@@ -80,6 +80,13 @@ class Job:
         values["status"] = JobStatus(values["status"])
         return cls(**values)
 
+    @property
+    def waiting(self) -> bool:
+        """Whether a worker may claim it: new, or put back for a retry (see ``_WAITING``)."""
+        return self.status is JobStatus.NEW or (
+            self.status is JobStatus.IN_PROGRESS and self.lease_owner is None
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class Recovered:
@@ -94,6 +101,15 @@ def new_job_id() -> str:
 
 
 _BY_ID = jobs.select().where(jobs.c.id == sa.bindparam("job_id"))
+
+# A job waits for a worker while it is new, or while it is "in progress" with no
+# lease owner: its worker stopped and recovery put it back for another attempt.
+# Its status stays "in progress" (a status never goes back), and so does what
+# clients see: the image they watched forming is still being made.
+_WAITING = sa.or_(
+    jobs.c.status.in_([s.value for s in sources_of(JobStatus.IN_PROGRESS)]),
+    sa.and_(jobs.c.status == JobStatus.IN_PROGRESS.value, jobs.c.lease_owner.is_(None)),
+)
 
 
 class JobStore:
@@ -223,16 +239,19 @@ class JobStore:
         return job
 
     async def request_interrupt(self, job_id: str) -> Job | None:
-        """Stop a job: a queued one ends now and never starts; a running one is flagged
-        for its worker, which stops within one step and records the end itself."""
+        """Stop a job: a waiting one ends now and never (re)starts; a running one is
+        flagged for its worker, which stops within one step and records the end itself."""
         now = utcnow()
         queued = (
             jobs.update()
-            .where(jobs.c.id == job_id, jobs.c.status == JobStatus.NEW.value)
+            .where(jobs.c.id == job_id, _WAITING)
             .values(
                 status=JobStatus.INTERRUPTED.value,
                 interrupt_requested=True,
-                progress_message="Interrupted before it started.",
+                progress_message=sa.case(
+                    (jobs.c.attempts > 0, "Interrupted."),
+                    else_="Interrupted before it started.",
+                ),
                 finished_at=now,
                 updated_at=now,
             )
@@ -240,7 +259,11 @@ class JobStore:
         )
         running = (
             jobs.update()
-            .where(jobs.c.id == job_id, jobs.c.status == JobStatus.IN_PROGRESS.value)
+            .where(
+                jobs.c.id == job_id,
+                jobs.c.status == JobStatus.IN_PROGRESS.value,
+                jobs.c.lease_owner.is_not(None),
+            )
             .values(interrupt_requested=True, updated_at=now)
             .returning(*jobs.c)
         )
@@ -249,24 +272,21 @@ class JobStore:
     # -- the worker's side ----------------------------------------------------
 
     async def claim(self, job_id: str, owner: str, lease_s: float) -> Job | None:
-        """Take ``job_id`` if it is still waiting; ``None`` when someone else has it,
-        it is finished, or it was interrupted. A duplicate delivery ends here."""
+        """Take ``job_id`` if it is still waiting (new, or put back for a retry);
+        ``None`` when someone else has it, it is finished, or it was interrupted.
+        A duplicate or late delivery ends here."""
         now = utcnow()
         # On PostgreSQL a second claimer skips a row another one has locked instead
         # of queueing behind it to find it taken; SQLite writes one at a time anyway.
         waiting = (
             sa.select(jobs.c.id)
-            .where(
-                jobs.c.id == job_id,
-                jobs.c.status == JobStatus.NEW.value,
-                jobs.c.interrupt_requested.is_(False),
-            )
+            .where(jobs.c.id == job_id, _WAITING, jobs.c.interrupt_requested.is_(False))
             .with_for_update(skip_locked=True)
             .scalar_subquery()
         )
         stmt = (
             jobs.update()
-            .where(jobs.c.id == waiting, jobs.c.status == JobStatus.NEW.value)
+            .where(jobs.c.id == waiting, _WAITING)
             .values(
                 status=JobStatus.IN_PROGRESS.value,
                 lease_owner=owner,
@@ -294,9 +314,7 @@ class JobStore:
             )
             .values(
                 lease_expires_at=now + timedelta(seconds=lease_s),
-                progress=sa.func.max(jobs.c.progress, progress)
-                if self._engine.dialect.name == "sqlite"
-                else sa.func.greatest(jobs.c.progress, progress),
+                progress=self._at_least(progress),
                 updated_at=now,
             )
             .returning(jobs.c.interrupt_requested)
@@ -318,7 +336,10 @@ class JobStore:
         progress: int | None = None,
     ) -> Job | None:
         """Record the end of a job this worker holds; ``None`` if the lease was lost
-        (or the job deleted) meanwhile, in which case the caller discards its output."""
+        (or the job deleted) meanwhile, in which case the caller discards its output.
+
+        ``progress`` is what this attempt reached; the row keeps the highest progress
+        of every attempt (clients saw it), and 100 is for "ready" alone."""
         assert status.is_terminal()
         now = utcnow()
         values: dict[str, Any] = {
@@ -332,7 +353,7 @@ class JobStore:
         if status is JobStatus.READY:
             values.update(progress=100, image_versions=image_versions, preview=preview)
         elif progress is not None:
-            values["progress"] = min(progress, 99)
+            values["progress"] = self._at_least(min(progress, 99))
             if preview is not None:
                 values["preview"] = preview
         if engine is not None:
@@ -349,6 +370,26 @@ class JobStore:
         )
         return await self._one(stmt)
 
+    def _at_least(self, progress: int) -> sa.ColumnElement[int]:
+        """The row's progress, raised to ``progress`` if that is higher: the high-water
+        mark of everything shown, which no write lowers."""
+        greatest = sa.func.max if self._engine.dialect.name == "sqlite" else sa.func.greatest
+        result: sa.ColumnElement[int] = greatest(jobs.c.progress, progress)
+        return result
+
+    async def raise_progress(self, job_id: str, progress: int) -> None:
+        """Keep ``progress`` in the row if it is higher than what the row holds: the API
+        calls this before it shows a client live progress, so that a poll after any
+        restart or retry never shows less."""
+        stmt = (
+            jobs.update()
+            .where(jobs.c.id == job_id, jobs.c.progress < progress)
+            .values(progress=progress)
+        )
+        async with self._engine.begin() as conn:
+            await conn.execute(stmt)
+        self._finished.pop(job_id, None)
+
     # -- recovery -------------------------------------------------------------
 
     async def release_owner(self, owner: str) -> None:
@@ -363,7 +404,10 @@ class JobStore:
 
     async def recover_expired(self, max_attempts: int) -> Recovered:
         """Put back the jobs whose worker stopped renewing its lease, or fail those
-        that already used every attempt (a job that kills its worker each time)."""
+        that already used every attempt (a job that kills its worker each time).
+
+        A job put back keeps its status, "in progress", and its progress: only its
+        lease owner goes, which makes it claimable again (``_WAITING``)."""
         now = utcnow()
         expired = sa.and_(
             jobs.c.status == JobStatus.IN_PROGRESS.value, jobs.c.lease_expires_at < now
@@ -401,7 +445,6 @@ class JobStore:
             jobs.update()
             .where(expired)
             .values(
-                status=JobStatus.NEW.value,
                 lease_owner=None,
                 lease_expires_at=None,
                 updated_at=now,
@@ -414,14 +457,14 @@ class JobStore:
         return Recovered(requeued=await self._ids(requeue), failed=failed)
 
     async def similar_waiting(self, job: Job, *, limit: int) -> list[str]:
-        """Other jobs still ``new`` that ask for exactly the same generation as ``job``
+        """Other waiting jobs that ask for exactly the same generation as ``job``
         (model slot, size, steps, guidance), oldest first: candidates for its batch."""
         if limit <= 0:
             return []
         stmt = (
             sa.select(jobs.c.id)
             .where(
-                jobs.c.status == JobStatus.NEW.value,
+                _WAITING,
                 jobs.c.interrupt_requested.is_(False),
                 jobs.c.id != job.id,
                 jobs.c.system_version == job.system_version,
@@ -441,11 +484,11 @@ class JobStore:
             return [r[0] for r in (await conn.execute(stmt)).all()]
 
     async def waiting(self, *, older_than_s: float = 0.0, limit: int = 1000) -> Sequence[str]:
-        """Ids of jobs still ``new`` (oldest first), for re-dispatch after a restart."""
+        """Ids of waiting jobs (oldest first), for re-dispatch after a restart."""
         cutoff = utcnow() - timedelta(seconds=older_than_s)
         stmt = (
             sa.select(jobs.c.id)
-            .where(jobs.c.status == JobStatus.NEW.value, jobs.c.updated_at <= cutoff)
+            .where(_WAITING, jobs.c.updated_at <= cutoff)
             .order_by(jobs.c.created_at)
             .limit(limit)
         )
