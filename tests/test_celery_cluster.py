@@ -187,3 +187,50 @@ def test_cluster_workers_batch_compatible_jobs(
 
     times = asyncio.run(started())
     assert times[-1] - times[0] < 0.2, f"claimed apart: {times}"
+
+
+def test_a_hung_engine_fails_its_job_which_is_not_run_again(
+    make_server: Callable[..., Server],
+    cluster_settings: dict[str, object],
+    workers: list[Worker],
+    tmp_path: Path,
+) -> None:
+    settings = {
+        **cluster_settings,
+        "engine": "tests.fixtures.engines:hang",
+        "sandbox_duration_s": 0.3,
+        "job_timeout_s": 1,
+    }
+    api = make_server(**settings).start()
+    first = Worker(api.env, tmp_path / "w1.log").start()
+    workers.append(first)
+    with api.client(api.create_key("c")) as client:
+        hung = client.post("/images", json={"prompt": "hang forever"}).json()["id"]
+        failed = wait_for(client, hung, timeout=30)
+        assert failed["status"] == "failed", failed
+        assert "timed out after 1 s" in failed["progressMessage"]
+        assert first.proc is not None
+        assert first.proc.wait(timeout=15) == 70, first.log()
+        # Its supervisor starts it again: the message of the failed job, never
+        # acknowledged, comes to the new worker, which finds the job ended.
+        second = Worker(api.env, tmp_path / "w2.log").start()
+        workers.append(second)
+        healthy = client.post("/images", json={"prompt": "healthy"}).json()["id"]
+        assert wait_for(client, healthy, timeout=60)["status"] == "ready"
+        deadline = time.monotonic() + 15
+        while f"job {hung}: skipped" not in second.log():
+            assert time.monotonic() < deadline, second.log()
+            time.sleep(0.1)
+        assert client.get(f"/images/{hung}").json()["status"] == "failed"
+
+    async def attempts() -> int:
+        import asyncpg
+
+        url = str(cluster_settings["database_url"]).replace("+asyncpg", "")
+        conn = await asyncpg.connect(url)
+        try:
+            return int(await conn.fetchval("SELECT attempts FROM jobs WHERE id = $1", hung))
+        finally:
+            await conn.close()
+
+    assert asyncio.run(attempts()) == 1

@@ -114,3 +114,35 @@ def test_job_longer_than_the_timeout_fails_with_a_reason(
         body = wait_for(client, image_id, timeout=30)
     assert body["status"] == "failed"
     assert "longer than 0.5 s" in body["progressMessage"]
+
+
+def test_a_hung_engine_fails_its_job_and_its_worker_is_replaced(
+    make_server: Callable[..., Server],
+) -> None:
+    # The engine never returns and never calls on_step: nothing inside the worker
+    # can stop it, so the job fails after its timeout and a grace (2 s at least),
+    # and the worker process exits to be replaced.
+    server = make_server(
+        engine="tests.fixtures.engines:hang",
+        sandbox_duration_s=0.3,
+        job_timeout_s=1,
+        workers=1,
+    ).start()
+    with server.client(server.create_key("u")) as client:
+        (pid,) = server.worker_pids()
+        hung = client.post("/images", json={"prompt": "hang forever"}).json()["id"]
+        started = time.monotonic()
+        body = wait_for(client, hung, timeout=30)
+        assert body["status"] == "failed", body
+        assert time.monotonic() - started < 8
+        assert "timed out after 1 s" in body["progressMessage"]
+        assert body["progress"] < 100
+        healthy = client.post("/images", json={"prompt": "healthy"}).json()["id"]
+        assert wait_for(client, healthy, timeout=60)["status"] == "ready"
+        assert pid not in server.worker_pids()
+        # The failed job was sent again to the new worker (it was the old one's)
+        # and not run again: its claim found it ended.
+        rows = server.job_rows([hung])
+        assert rows[hung]["status"] == "failed"
+        assert rows[hung]["attempts"] == 1
+    assert "exited with code 70" in server.log()

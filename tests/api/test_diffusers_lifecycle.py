@@ -117,7 +117,7 @@ def test_same_seed_same_image(client: httpx.Client) -> None:
     )
 
 
-def test_batched_jobs_equal_jobs_alone(client: httpx.Client) -> None:
+def test_batched_jobs_equal_jobs_alone(client: httpx.Client, diffusers_server: Server) -> None:
     body = {
         "prompt": "many",
         "width": 520,
@@ -128,6 +128,10 @@ def test_batched_jobs_equal_jobs_alone(client: httpx.Client) -> None:
     ids = [client.post("/images", json={**body, "seed": s}).json()["id"] for s in (1, 2, 3, 4)]
     batch = [wait_for(client, i) for i in ids]
     assert all(b["status"] == "ready" for b in batch)
+    # They ran as one batch: claimed together (one after the other, they would be
+    # claimed a job's time apart).
+    started = sorted(r["started_at"] for r in diffusers_server.job_rows(ids).values())
+    assert (started[-1] - started[0]).total_seconds() < 0.2, started
     alone = wait_for(client, client.post("/images", json={**body, "seed": 3}).json()["id"])
     diff = png(batch[2]["imageVersions"]["original"]) - png(alone["imageVersions"]["original"])
     assert np.abs(diff).max() <= 2
@@ -147,6 +151,26 @@ def test_interruption_stops_a_running_pipeline(client: httpx.Client) -> None:
     assert ended["status"] == "interrupted"
     assert ended["progress"] < 90
     assert time.monotonic() - started < 2
+
+
+def test_interrupting_one_job_of_a_batch_leaves_the_others_running(
+    client: httpx.Client, diffusers_server: Server
+) -> None:
+    body = {"prompt": "slow", "width": 520, "height": 520, "baseModel": "slow"}
+    ids = [client.post("/images", json={**body, "seed": s}).json()["id"] for s in (1, 2)]
+    deadline = time.monotonic() + 30
+    while min(client.get(f"/images/{i}").json()["progress"] for i in ids) < 5:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    assert client.put(f"/images/{ids[0]}/interruption").status_code == 204
+    ended = wait_for(client, ids[0], every=0.01, timeout=5)
+    assert ended["status"] == "interrupted"
+    # Its batch-mate goes on: the interrupted one did not wait for the batch to end.
+    assert client.get(f"/images/{ids[1]}").json()["status"] == "in progress"
+    assert client.put(f"/images/{ids[1]}/interruption").status_code == 204
+    assert wait_for(client, ids[1], every=0.01)["status"] == "interrupted"
+    started = sorted(r["started_at"] for r in diffusers_server.job_rows(ids).values())
+    assert (started[-1] - started[0]).total_seconds() < 0.2, "not one batch"
 
 
 def test_unknown_base_model_is_a_400(client: httpx.Client) -> None:

@@ -1,9 +1,10 @@
 """The embedded dispatcher: worker processes started and fed by the API process.
 
 Each worker is ``python -m openletz.worker``, spoken to over its stdin/stdout.
-The dispatcher hands a job id to an idle worker, relays interruptions, copies
-progress into the live store, restarts a worker that dies, and reconciles with
-the database (jobs left ``new``, leases that expired) on a timer.
+The dispatcher hands a job id to an idle worker, one at a time (a worker whose
+engine batches claims the compatible waiting jobs itself), relays
+interruptions, copies progress into the live store, restarts a worker that
+dies, and reconciles with the database (waiting jobs, leases that expired) on a timer.
 """
 
 from __future__ import annotations
@@ -48,7 +49,6 @@ class EmbeddedDispatcher(Dispatcher):
         self._live = live
         self._queue: asyncio.Queue[str] = asyncio.Queue()
         self._queued: set[str] = set()
-        # One entry per free slot: a worker of capacity 4 (batching) appears 4 times.
         self._idle: asyncio.Queue[_Worker] = asyncio.Queue()
         self._models: dict[str, dict[str, str | None]] = {}
         self._workers: dict[int, _Worker] = {}
@@ -71,8 +71,9 @@ class EmbeddedDispatcher(Dispatcher):
             self._queue.put_nowait(job_id)
 
     async def interrupt(self, job_id: str) -> None:
-        worker = self._running.get(job_id)
-        if worker is not None:
+        # The job may run on the worker it was sent to or, in a batch, on one that
+        # claimed it itself: tell every worker (a line each; the others ignore it).
+        for worker in list(self._workers.values()):
             with contextlib.suppress(ConnectionError, RuntimeError):
                 worker.send(protocol.Interrupt(job_id))
 
@@ -90,7 +91,7 @@ class EmbeddedDispatcher(Dispatcher):
             "workers": len(self._workers),
             "ready": sum(1 for w in self._workers.values() if w.owner is not None),
             "busy": len(self._running),
-            "queued": self._queue.qsize(),
+            "queued": len(self._queued),
             "models": dict(self._models),
         }
 
@@ -119,13 +120,18 @@ class EmbeddedDispatcher(Dispatcher):
                 if isinstance(msg, protocol.Progress):
                     await self._live.update(msg.job, msg.progress, msg.preview)
                 elif isinstance(msg, protocol.Done):
-                    self._running.pop(msg.job, None)
-                    worker.jobs.discard(msg.job)
-                    self._idle.put_nowait(worker)
+                    if msg.job in worker.jobs:
+                        worker.jobs.discard(msg.job)
+                        if self._running.get(msg.job) is worker:
+                            del self._running[msg.job]
+                        self._idle.put_nowait(worker)
+                    else:
+                        # A job it claimed itself for a batch, now ended (or taken by
+                        # another): its own delivery, still queued, can be dropped.
+                        self._queued.discard(msg.job)
                 elif isinstance(msg, protocol.Hello):
                     worker.owner, worker.engine = msg.owner, msg.engine
-                    for _ in range(max(1, msg.capacity)):
-                        self._idle.put_nowait(worker)
+                    self._idle.put_nowait(worker)
                 elif isinstance(msg, protocol.ModelState):
                     self._models[msg.model] = {"state": msg.state, "detail": msg.detail}
         except (ValueError, KeyError):
@@ -144,8 +150,8 @@ class EmbeddedDispatcher(Dispatcher):
             # Recover its jobs now instead of waiting for the leases to run out.
             await self._store.release_owner(worker.owner)
             self._reconciler.wake()
-        # Jobs it had been sent but not yet claimed are still "new": send them again
-        # (a claimed one that recovery requeues is sent again too; claims are atomic).
+        # Jobs it had been sent but not yet claimed are still waiting: send them again
+        # (a claimed one that recovery puts back is sent again too; claims are atomic).
         for job_id in sent:
             await self.enqueue(job_id)
         self._workers.pop(worker.index, None)
@@ -172,10 +178,15 @@ class EmbeddedDispatcher(Dispatcher):
     async def _feed(self) -> None:
         while True:
             job_id = await self._queue.get()
+            if job_id not in self._queued:
+                continue  # it ran in another job's batch meanwhile
             worker = await self._idle.get()
             if worker.proc.returncode is not None or self._workers.get(worker.index) is not worker:
                 # It died while idle; its replacement announces itself with Hello.
                 self._queue.put_nowait(job_id)
+                continue
+            if job_id not in self._queued:
+                self._idle.put_nowait(worker)
                 continue
             self._queued.discard(job_id)
             worker.jobs.add(job_id)

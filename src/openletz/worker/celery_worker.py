@@ -98,20 +98,14 @@ class _Worker:
                 log.warning("interrupt channel lost (%s); reconnecting", exc)
                 await asyncio.sleep(1)
 
-    async def run_with_batch(self, runner: JobRunner, job_id: str) -> dict[str, str]:
-        """Run ``job_id`` with the waiting jobs that ask for the same generation.
-
-        The broker hands a worker one message at a time; the others' messages
-        come later, find their jobs claimed, and do nothing."""
-        settings = self.settings
-        if settings.batch_max <= 1 or not runner.batches:
-            return await runner.run_batch([job_id])
-        await asyncio.sleep(settings.batch_window_s)  # let a burst arrive
-        job = await self.store.get(job_id)
-        if job is None:
-            return {job_id: "skipped"}
-        others = await self.store.similar_waiting(job, limit=settings.batch_max - 1)
-        return await runner.run_batch([job_id, *others])
+    async def run(self, runner: JobRunner, job_id: str) -> dict[str, str]:
+        """Run ``job_id`` with the waiting jobs that can share its batch (the broker
+        hands a worker one message at a time; the others' messages come later, find
+        their jobs claimed, and do nothing). A stuck engine ends the process here,
+        before the message is acknowledged: its redelivery finds the job failed."""
+        statuses = await runner.run_with_batch(job_id)
+        await runner.exit_if_stuck()
+        return statuses
 
     def shutdown(self) -> None:
         if self.runner is not None:
@@ -129,7 +123,7 @@ def build(settings: Settings, families: list[str]) -> Celery:
     @app.task(name=TASK)  # type: ignore[untyped-decorator]
     def run_job(job_id: str) -> str:
         runner = worker.ensure_started()
-        statuses: dict[str, str] = worker.call(worker.run_with_batch(runner, job_id))
+        statuses: dict[str, str] = worker.call(worker.run(runner, job_id))
         for other, status in statuses.items():
             log.info("job %s: %s", other, status)
         return statuses[job_id]

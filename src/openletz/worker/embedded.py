@@ -56,41 +56,23 @@ async def serve_stdio(settings: Settings) -> None:
         owner=worker_name(), store=store, blobs=blobs, engine=engine, settings=settings, sink=sink
     )
     queue: asyncio.Queue[str] = asyncio.Queue()
-    capacity = settings.batch_max if engine.batches else 1
-
-    async def next_batch() -> list[list[str]]:
-        """Waiting jobs, grouped by batch key. The batch window is waited out only
-        when the engine can batch the first job, so that others pay no latency."""
-        pending = [await queue.get()]
-        keys = [await runner.batch_key(pending[0])]
-        deadline = loop.time() + (settings.batch_window_s if keys[0] is not None else 0.0)
-        while len(pending) < capacity:
-            try:
-                job_id = queue.get_nowait()
-            except asyncio.QueueEmpty:
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    break
-                try:
-                    job_id = await asyncio.wait_for(queue.get(), remaining)
-                except TimeoutError:
-                    break
-            pending.append(job_id)
-            keys.append(await runner.batch_key(job_id))
-        groups: dict[object, list[str]] = {}
-        for job_id, key in zip(pending, keys, strict=True):
-            groups.setdefault(key if key is not None else ("alone", job_id), []).append(job_id)
-        return list(groups.values())
 
     async def work() -> None:
+        # One job at a time from the dispatcher (so that jobs which cannot share a
+        # batch go to idle workers); the runner gathers the compatible waiting ones.
         while True:
-            for group in await next_batch():
-                statuses = await runner.run_batch(group)
-                for job_id, status in statuses.items():
-                    emit(protocol.Done(job_id, status))
+            job_id = await queue.get()
+            statuses = await runner.run_with_batch(job_id)
+            await runner.exit_if_stuck()
+            # The job that was sent comes last: its Done makes this worker idle, and
+            # by then the dispatcher knows that the others need no sending.
+            for other, status in statuses.items():
+                if other != job_id:
+                    emit(protocol.Done(other, status))
+            emit(protocol.Done(job_id, statuses[job_id]))
 
     worker_task = asyncio.create_task(work())
-    emit(protocol.Hello(owner=runner.owner, engine=engine.name, capacity=capacity))
+    emit(protocol.Hello(owner=runner.owner, engine=engine.name))
     try:
         while line := await reader.readline():
             msg = protocol.decode(line)

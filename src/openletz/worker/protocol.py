@@ -27,12 +27,11 @@ class Interrupt:
 
 @dataclass(frozen=True, slots=True)
 class Hello:
-    """The worker is up and idle; ``owner`` is the name it claims jobs under, and
-    ``capacity`` how many jobs it takes at once (to batch them)."""
+    """The worker is up and idle; ``owner`` is the name it claims jobs under. A worker
+    is sent one job at a time; to batch, it claims compatible waiting jobs itself."""
 
     owner: str
     engine: str
-    capacity: int = 1
     kind: ClassVar[str] = "hello"
 
 
@@ -56,8 +55,9 @@ class Progress:
 
 @dataclass(frozen=True, slots=True)
 class Done:
-    """The worker is idle again; ``status`` is the job's end, or "skipped" when the
-    claim found the job taken, finished or interrupted."""
+    """A job's run is over: ``status`` is its end, or "skipped" when the claim found
+    it taken, finished or interrupted. The Done of the job the worker was sent makes
+    it idle again; the others are of jobs it claimed itself, for a batch."""
 
     job: str
     status: str
