@@ -63,7 +63,9 @@ Full size (--full-size; --device cuda, the default where there is a GPU)
 
 How to read it
     Medians over alternating rounds; compare ratios between runs, not raw rates.
-    The machine's noise shows in the min/max columns.
+    The machine's noise shows in the min/max columns. On the CPU, this process
+    (bare calls, in-process engine) uses the torch thread count a server's worker
+    uses, the cores less one, so that both sides compute alike.
 
 Default duration: about two minutes, bounded by --max-seconds (default 170; a
 measurement stops adding rounds when its share is spent, after at least one).
@@ -324,6 +326,21 @@ def stats_row(label: str, values: Sequence[float], unit_scale: float = 1.0) -> t
 
 def verdict(ok: bool) -> str:
     return "meets" if ok else "MISSES"
+
+
+def match_worker_threads() -> int:
+    """Give this process's torch the threads a server's one worker gets (the cores
+    less one, for the API), so that bare calls and in-process engine runs compute
+    as the worker does: with every core, on a machine with other load, they can be
+    several times slower (threads that wait on each other)."""
+    quiet_imports()
+    import torch
+
+    from openletz.engines.factory import cpu_share
+    from openletz.settings import Settings
+
+    torch.set_num_threads(cpu_share(Settings(workers=1, dispatcher="embedded")))
+    return torch.get_num_threads()
 
 
 def quiet_imports() -> None:
@@ -755,13 +772,6 @@ def bench_full_size(
 
     started = time.monotonic()
     device, dtype = args.device, full_size_dtype(args.device)
-    if device == "cpu":
-        # Like with like: the worker's share of the cores (the cores less one for
-        # the API), not every core, which on a loaded machine is much slower.
-        from openletz.engines.factory import cpu_share
-        from openletz.settings import Settings
-
-        torch.set_num_threads(cpu_share(Settings(workers=1, dispatcher="embedded")))
     archs = [a.strip() for a in args.archs.split(",") if a.strip()]
     sizes = [int(x) for x in args.sizes.split(",") if x.strip()]
     combos = [
@@ -1086,6 +1096,8 @@ def main() -> int:
     os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
     started = time.monotonic()
     try:
+        if not args.full_size or args.device == "cpu":
+            print(f"{match_worker_threads()} torch CPU thread(s) here, as in a server's worker")
         models = Models(h.temp_dir("openletz-bench-engine-"))
         if args.full_size:
             bench_full_size(args, models, chosen, args.max_seconds)
