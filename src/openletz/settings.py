@@ -133,7 +133,16 @@ class Settings(BaseSettings):
         2.0, gt=0, description="How often expired leases and stale jobs are looked for."
     )
     stale_new_s: float = Field(
-        10.0, gt=0, description="A job still new after this is dispatched again."
+        10.0,
+        gt=0,
+        description="A job that no worker took this long after it was sent is sent "
+        "again; then after twice as long, and so on up to 16 times this.",
+    )
+    max_queue_wait_s: float = Field(
+        600.0,
+        gt=0,
+        description="A job that waited this long fails with a reason when no worker "
+        "consumes its queue (cluster with RabbitMQ).",
     )
     job_timeout_s: float = Field(
         1800.0, gt=0, description="A generation running longer fails with a reason."

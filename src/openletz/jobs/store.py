@@ -7,9 +7,10 @@ read-then-write: the ``WHERE`` clause is the guard, ``RETURNING`` the answer.
 
 from __future__ import annotations
 
+import contextlib
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal
@@ -69,6 +70,9 @@ class Job:
     attempts: int
     lease_owner: str | None
     lease_expires_at: datetime | None
+    dispatches: int
+    dispatched_at: datetime | None
+    dead_lettered_at: datetime | None
     created_at: datetime
     updated_at: datetime
     started_at: datetime | None
@@ -98,6 +102,19 @@ class Recovered:
 
 def new_job_id() -> str:
     return str(uuid.uuid4())
+
+
+#: The reason a job fails when the broker dead-lettered its message.
+DEAD_LETTERED = (
+    "The workers that took this image kept stopping before it was done (its message "
+    "reached the broker's delivery limit); giving up."
+)
+# A waiting job is sent again stale_s after its last send, then after 2, 4, 8 and
+# at most 16 times stale_s: a backlog costs a few duplicate messages, never one
+# per job and pass.
+_BACKOFF_LEVELS = 4
+# Names the reconciler's lock among the database's advisory locks (see db.py).
+_RECONCILE_LOCK = 0x6F6C7A01
 
 
 _BY_ID = jobs.select().where(jobs.c.id == sa.bindparam("job_id"))
@@ -402,15 +419,31 @@ class JobStore:
         async with self._engine.begin() as conn:
             await conn.execute(stmt)
 
-    async def recover_expired(self, max_attempts: int) -> Recovered:
+    async def recover_expired(self, max_attempts: int, *, only: str | None = None) -> Recovered:
         """Put back the jobs whose worker stopped renewing its lease, or fail those
-        that already used every attempt (a job that kills its worker each time).
+        that already used every attempt (a job that kills its worker each time) or
+        whose message the broker dead-lettered. ``only`` limits it to one job.
 
         A job put back keeps its status, "in progress", and its progress: only its
         lease owner goes, which makes it claimable again (``_WAITING``)."""
         now = utcnow()
         expired = sa.and_(
             jobs.c.status == JobStatus.IN_PROGRESS.value, jobs.c.lease_expires_at < now
+        )
+        if only is not None:
+            expired = sa.and_(expired, jobs.c.id == only)
+        dead = (
+            jobs.update()
+            .where(expired, jobs.c.dead_lettered_at.is_not(None))
+            .values(
+                status=JobStatus.FAILED.value,
+                progress_message=DEAD_LETTERED,
+                lease_owner=None,
+                lease_expires_at=None,
+                finished_at=now,
+                updated_at=now,
+            )
+            .returning(jobs.c.id)
         )
         fail = (
             jobs.update()
@@ -447,12 +480,15 @@ class JobStore:
             .values(
                 lease_owner=None,
                 lease_expires_at=None,
+                # A broker redelivers the dead worker's message; others send it now.
+                dispatched_at=now,
                 updated_at=now,
             )
             .returning(jobs.c.id)
         )
         # An interruption the user asked for wins over giving up: run it first.
         failed = await self._ids(interrupted)
+        failed += await self._ids(dead)
         failed += await self._ids(fail)
         return Recovered(requeued=await self._ids(requeue), failed=failed)
 
@@ -494,3 +530,147 @@ class JobStore:
         )
         async with self._engine.connect() as conn:
             return [r[0] for r in (await conn.execute(stmt)).all()]
+
+    # -- dispatch -------------------------------------------------------------
+
+    def _due(self, stale_s: float, now: datetime) -> sa.ColumnElement[bool]:
+        """Waiting jobs whose last send (or creation) is older than their backoff."""
+        last = sa.func.coalesce(jobs.c.dispatched_at, jobs.c.created_at)
+        levels = [
+            sa.and_(
+                jobs.c.dispatches == level
+                if level < _BACKOFF_LEVELS
+                else jobs.c.dispatches >= level,
+                last <= now - timedelta(seconds=stale_s * 2**level),
+            )
+            for level in range(_BACKOFF_LEVELS + 1)
+        ]
+        return sa.and_(_WAITING, jobs.c.interrupt_requested.is_(False), sa.or_(*levels))
+
+    async def take_due_dispatches(self, *, stale_s: float, limit: int = 500) -> list[str]:
+        """Claim the sending again of waiting jobs that no worker took in time: each
+        id returned has ``dispatches`` raised and ``dispatched_at`` set to now, in
+        one conditional statement, so that two reconcilers never both send one job."""
+        now = utcnow()
+        due = self._due(stale_s, now)
+        candidates = (
+            sa.select(jobs.c.id)
+            .where(due)
+            .order_by(jobs.c.created_at)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+        stmt = (
+            jobs.update()
+            .where(jobs.c.id.in_(candidates), due)
+            .values(dispatches=jobs.c.dispatches + 1, dispatched_at=now)
+            .returning(jobs.c.id)
+        )
+        return await self._ids(stmt)
+
+    async def waited_longer_than(self, seconds: float, *, limit: int = 500) -> list[str]:
+        """Waiting jobs unchanged for ``seconds`` (oldest first): candidates to give up."""
+        stmt = (
+            sa.select(jobs.c.id)
+            .where(
+                _WAITING,
+                jobs.c.interrupt_requested.is_(False),
+                jobs.c.updated_at <= utcnow() - timedelta(seconds=seconds),
+            )
+            .order_by(jobs.c.created_at)
+            .limit(limit)
+        )
+        async with self._engine.connect() as conn:
+            return [r[0] for r in (await conn.execute(stmt)).all()]
+
+    async def fail_waiting(self, job_ids: Sequence[str], message: str) -> list[str]:
+        """Fail those of ``job_ids`` that are still waiting, with ``message``."""
+        if not job_ids:
+            return []
+        now = utcnow()
+        stmt = (
+            jobs.update()
+            .where(jobs.c.id.in_(list(job_ids)), _WAITING)
+            .values(
+                status=JobStatus.FAILED.value,
+                progress_message=message,
+                finished_at=now,
+                updated_at=now,
+            )
+            .returning(jobs.c.id)
+        )
+        failed = await self._ids(stmt)
+        for job_id in failed:
+            self._finished.pop(job_id, None)
+        return failed
+
+    async def dead_lettered(self, job_id: str) -> Literal["failed", "marked", "ignored"]:
+        """The broker dead-lettered ``job_id``'s message: every worker that took it
+        stopped. A waiting job, or one whose lease ran out, fails now; one that a
+        worker still holds is marked, and fails when its lease runs out (recovery)
+        unless that worker finishes it. An ended or deleted job is left alone."""
+        now = utcnow()
+        fail = (
+            jobs.update()
+            .where(
+                jobs.c.id == job_id,
+                jobs.c.interrupt_requested.is_(False),
+                sa.or_(
+                    _WAITING,
+                    sa.and_(
+                        jobs.c.status == JobStatus.IN_PROGRESS.value,
+                        jobs.c.lease_expires_at < now,
+                    ),
+                ),
+            )
+            .values(
+                status=JobStatus.FAILED.value,
+                progress_message=DEAD_LETTERED,
+                lease_owner=None,
+                lease_expires_at=None,
+                dead_lettered_at=now,
+                finished_at=now,
+                updated_at=now,
+            )
+            .returning(jobs.c.id)
+        )
+        if await self._ids(fail):
+            return "failed"
+        mark = (
+            jobs.update()
+            .where(
+                jobs.c.id == job_id,
+                jobs.c.status == JobStatus.IN_PROGRESS.value,
+                jobs.c.dead_lettered_at.is_(None),
+            )
+            .values(dead_lettered_at=now)
+            .returning(jobs.c.id)
+        )
+        return "marked" if await self._ids(mark) else "ignored"
+
+    @contextlib.asynccontextmanager
+    async def reconcile_lock(self) -> AsyncIterator[bool]:
+        """Whether this process may reconcile now: on PostgreSQL one API server at a
+        time (an advisory lock, released when the block ends or its connection
+        dies); elsewhere always."""
+        if self._engine.dialect.name != "postgresql":
+            yield True
+            return
+        async with self._engine.connect() as conn:
+            got = bool(
+                (
+                    await conn.execute(sa.select(sa.func.pg_try_advisory_lock(_RECONCILE_LOCK)))
+                ).scalar()
+            )
+            await conn.commit()
+            try:
+                yield got
+            finally:
+                if got:
+                    try:
+                        await conn.execute(sa.select(sa.func.pg_advisory_unlock(_RECONCILE_LOCK)))
+                        await conn.commit()
+                    except BaseException:
+                        # Closing the session is what releases a lock for sure.
+                        await conn.invalidate()
+                        raise

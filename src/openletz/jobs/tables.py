@@ -97,6 +97,12 @@ jobs = sa.Table(
     sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
     sa.Column("lease_owner", sa.String(64), nullable=True),
     sa.Column("lease_expires_at", UTCDateTime, nullable=True),
+    # Dispatch: how many times the reconciler sent the job again (after the first
+    # send), when it was last sent (or put back for the broker to redeliver), and
+    # when the broker dead-lettered its message.
+    sa.Column("dispatches", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("dispatched_at", UTCDateTime, nullable=True),
+    sa.Column("dead_lettered_at", UTCDateTime, nullable=True),
     # Times.
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.Column("updated_at", UTCDateTime, nullable=False),
