@@ -144,6 +144,12 @@ class Settings(BaseSettings):
         description="A job that waited this long fails with a reason when no worker "
         "consumes its queue (cluster with RabbitMQ).",
     )
+    publish_timeout_s: float = Field(
+        3.0,
+        gt=0,
+        description="How long POST /images waits for the broker; a job not sent by "
+        "then is sent by the reconciler.",
+    )
     job_timeout_s: float = Field(
         1800.0, gt=0, description="A generation running longer fails with a reason."
     )

@@ -5,7 +5,7 @@ embedded workers, on an event loop of the worker's own. Progress and previews
 go to Redis, where every API server reads them; interruptions arrive on a
 Redis channel, so one sent to any API server stops the job within a step.
 The worker runs one task at a time in one process (the solo pool), which keeps
-its models warm in that process.
+its models warm in that process: it loads them before it takes its first job.
 """
 
 from __future__ import annotations
@@ -13,16 +13,27 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from concurrent.futures import Future
 from typing import Any
 
-from celery import Celery
-from celery.signals import worker_shutting_down
+from celery import Celery, bootsteps
+from celery.exceptions import Reject
+from celery.signals import worker_init, worker_shutting_down
+from celery.worker.consumer import Consumer as CeleryConsumer
 
 from openletz.db import create_engine
-from openletz.dispatch.celery import INTERRUPT_CHANNEL, TASK, make_celery
+from openletz.dispatch.celery import (
+    INTERRUPT_CHANNEL,
+    TASK,
+    declare_dead_letters,
+    is_amqp,
+    make_celery,
+)
 from openletz.engines.factory import make_engine
+from openletz.jobs.status import JobStatus
 from openletz.jobs.store import JobStore
+from openletz.jobs.tables import utcnow
 from openletz.settings import Settings
 from openletz.storage.factory import make_blob_store
 from openletz.worker.embedded import worker_name
@@ -32,7 +43,7 @@ log = logging.getLogger("openletz.worker")
 
 
 class _Worker:
-    """The long-lived part of a worker process, started at its first task."""
+    """The long-lived part of a worker process, started before it consumes."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -41,6 +52,7 @@ class _Worker:
         self._thread.start()
         self.runner: JobRunner | None = None
         self._started = threading.Lock()
+        self.stopping = False
 
     def call(self, coro: Any) -> Any:
         future: Future[Any] = asyncio.run_coroutine_threadsafe(coro, self.loop)
@@ -107,7 +119,39 @@ class _Worker:
         await runner.exit_if_stuck()
         return statuses
 
+    async def take_over(self, job_id: str, redelivered: bool) -> None:
+        """Before the claim: a job that another worker holds, whose lease ran out,
+        is put back (or failed, past its attempts or when dead-lettered) so that
+        this delivery can take it. A redelivered message (the broker's word that
+        the worker that had it is gone) waits for that worker's lease: renewed, its
+        holder is alive and this delivery is a duplicate (the claim finds the job
+        taken); run out, the job is this worker's to take. So a job that kills
+        every worker it reaches uses up its message's deliveries, and the broker's
+        delivery limit ends it."""
+        settings = self.settings
+        deadline = time.monotonic() + settings.lease_s + 2 * settings.heartbeat_s
+        first = job = await self.store.get(job_id)
+        while (
+            first is not None
+            and job is not None
+            and job.status is JobStatus.IN_PROGRESS
+            and job.lease_owner is not None
+        ):
+            if (job.lease_owner, job.lease_expires_at) != (
+                first.lease_owner,
+                first.lease_expires_at,
+            ):
+                return  # renewed or taken: its holder is alive
+            if job.lease_expires_at is None or job.lease_expires_at <= utcnow():
+                await self.store.recover_expired(settings.max_attempts, only=job_id)
+                return
+            if not redelivered or time.monotonic() > deadline:
+                return
+            await asyncio.sleep(min(0.5, settings.heartbeat_s / 2))
+            job = await self.store.get(job_id)
+
     def shutdown(self) -> None:
+        self.stopping = True
         if self.runner is not None:
             self.runner.abandon_all()
             try:
@@ -116,17 +160,61 @@ class _Worker:
                 log.exception("could not hand back this worker's jobs")
 
 
+class Consumer(CeleryConsumer):  # type: ignore[misc]
+    """Celery's consumer without native delayed delivery: no job is ever sent with a
+    countdown, and it would declare some thirty queues and exchanges shared by every
+    Celery application on the broker (``celery_delayed_*``) and bind ours to them."""
+
+    class Blueprint(CeleryConsumer.Blueprint):  # type: ignore[misc]
+        default_steps = [
+            step
+            for step in CeleryConsumer.Blueprint.default_steps
+            if not step.endswith(":DelayedDelivery")
+        ]
+
+
 def build(settings: Settings, families: list[str]) -> Celery:
     app = make_celery(settings, families)
+    app.conf.worker_consumer = f"{__name__}:Consumer"
     worker = _Worker(settings)
 
-    @app.task(name=TASK)  # type: ignore[untyped-decorator]
-    def run_job(job_id: str) -> str:
+    @app.task(name=TASK, bind=True)  # type: ignore[untyped-decorator]
+    def run_job(task: Any, job_id: str) -> str:
         runner = worker.ensure_started()
+        redelivered = bool((task.request.delivery_info or {}).get("redelivered"))
+        worker.call(worker.take_over(job_id, redelivered))
         statuses: dict[str, str] = worker.call(worker.run(runner, job_id))
         for other, status in statuses.items():
             log.info("job %s: %s", other, status)
+        if worker.stopping and statuses[job_id] == "lost":
+            # Stopped mid-job (SIGTERM): the message goes back for another worker,
+            # which finds the job handed back (release_owner) and takes it.
+            raise Reject("worker stopping", requeue=True)
         return statuses[job_id]
+
+    @worker_init.connect  # type: ignore[untyped-decorator]
+    def _warm_up(sender: Any = None, **_: Any) -> None:
+        # Models load before the worker consumes: no message waits on a load, and a
+        # worker that cannot start its engine exits instead of failing jobs.
+        if getattr(sender, "app", None) is not app:
+            return
+        try:
+            worker.ensure_started()
+        except Exception:
+            log.exception("the worker could not start")
+            raise SystemExit(1) from None
+
+    if is_amqp(settings):
+
+        class DeclareDeadLetters(bootsteps.StartStopStep):  # type: ignore[misc]
+            """At each connection: the dead-letter exchange and queue exist."""
+
+            requires = ("celery.worker.consumer.tasks:Tasks",)
+
+            def start(self, consumer: Any) -> None:
+                declare_dead_letters(consumer.connection, settings)
+
+        app.steps["consumer"].add(DeclareDeadLetters)
 
     @worker_shutting_down.connect  # type: ignore[untyped-decorator]
     def _on_shutdown(**_: Any) -> None:
