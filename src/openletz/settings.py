@@ -90,13 +90,19 @@ class Settings(BaseSettings):
     )
     s3_bucket: str = Field("", description="The S3 bucket (required with blob_store=s3).")
     s3_endpoint_url: str = Field("", description="An S3-compatible endpoint; default: AWS.")
+    s3_presign_endpoint_url: str = Field(
+        "",
+        description="The endpoint presigned image URLs name, one that clients reach; "
+        "default: s3_endpoint_url.",
+    )
     s3_region: str = Field("us-east-1", description="The S3 region.")
     s3_access_key: str = Field("", description="Default: boto3's credential chain.")
     s3_secret_key: str = Field("", description="Default: boto3's credential chain.")
     s3_prefix: str = Field("", description="Prefix of object keys, e.g. images/.")
     s3_public_base_url: str = Field(
         "",
-        description="Public images' URLs start with this (a CDN or public bucket); "
+        description="Public images' URLs start with this (a CDN or public bucket: "
+        "it serves any object of the bucket to whoever knows its key); "
         "default: presigned URLs for all.",
     )
     s3_addressing_style: Literal["path", "virtual", "auto"] = Field(

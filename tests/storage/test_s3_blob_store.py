@@ -333,3 +333,20 @@ def test_bad_configuration_is_refused(options: dict[str, Any], message: str) -> 
 
 def test_store_name() -> None:
     assert S3BlobStore.name == "s3"
+
+
+async def test_presigned_urls_can_name_an_endpoint_of_their_own(
+    s3_server: S3Server, bucket: str, prefix: str
+) -> None:
+    # The servers reach S3 at 127.0.0.1; clients know it by another name.
+    public = s3_server.endpoint_url.replace("127.0.0.1", "localhost")
+    store = make_store(s3_server, bucket, prefix=prefix, presign_endpoint_url=public)
+    try:
+        await store.put(KEY, b"signed elsewhere", "image/jpeg")
+        url = store.url(KEY, public=False)
+        assert url.startswith(f"{public}/{bucket}/{prefix}{KEY}?")
+        async with httpx.AsyncClient() as http:
+            assert (await http.get(url)).content == b"signed elsewhere"
+        await store.delete_many([KEY])
+    finally:
+        await store.close()

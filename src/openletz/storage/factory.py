@@ -13,6 +13,7 @@ def make_blob_store(settings: Settings) -> BlobStore:
         return S3BlobStore(
             bucket=settings.s3_bucket,
             endpoint_url=settings.s3_endpoint_url or None,
+            presign_endpoint_url=settings.s3_presign_endpoint_url or None,
             region=settings.s3_region,
             access_key=settings.s3_access_key or None,
             secret_key=settings.s3_secret_key or None,

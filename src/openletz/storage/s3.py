@@ -60,6 +60,7 @@ class S3BlobStore(BlobStore):
         *,
         bucket: str,
         endpoint_url: str | None = None,
+        presign_endpoint_url: str | None = None,
         region: str = "us-east-1",
         access_key: str | None = None,
         secret_key: str | None = None,
@@ -116,6 +117,15 @@ class S3BlobStore(BlobStore):
             region_name=region,
         )
         self._client: S3Client = session.client("s3", endpoint_url=endpoint_url, config=config)
+        # Presigned URLs name the endpoint they were signed for, and clients fetch
+        # them there: one that clients reach may differ from the one servers use
+        # (an internal address). Signing makes no request, so a second client costs
+        # nothing but its construction.
+        self._signer: S3Client = (
+            session.client("s3", endpoint_url=presign_endpoint_url, config=config)
+            if presign_endpoint_url and presign_endpoint_url != endpoint_url
+            else self._client
+        )
 
     @property
     def bucket(self) -> str:
@@ -257,7 +267,7 @@ class S3BlobStore(BlobStore):
         if cached is not None:
             return cached
         object_key = self.object_key(key)
-        url = self._client.generate_presigned_url(
+        url = self._signer.generate_presigned_url(
             "get_object",
             Params={"Bucket": self._bucket, "Key": object_key},
             ExpiresIn=expires - math.floor(now),
@@ -277,6 +287,8 @@ class S3BlobStore(BlobStore):
 
     async def close(self) -> None:
         self._client.close()
+        if self._signer is not self._client:
+            self._signer.close()
 
 
 def _error_code(exc: ClientError) -> str:
