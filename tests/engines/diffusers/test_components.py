@@ -185,6 +185,25 @@ def test_models_list_shows_both_sources(
     assert listed()[2] == "local"
 
 
+def test_models_check_loads_an_assembled_model(
+    tiny_folders: dict[str, Path],
+    tmp_path: Path,
+    offline_hub: Path,
+    other_transformer: tuple[Path, dict[str, Any]],
+) -> None:
+    extra = {
+        "sigma-512": assembled(
+            str(tiny_folders["pixart_sigma"]), str(other_transformer[0]), subfolder="transformer"
+        )
+    }
+    registry = write_registry(tmp_path / "m.yaml", tiny_folders, extra=extra)
+    result = CliRunner().invoke(
+        main, ["models", "check", "sigma-512"], env={"OPENLETZ_MODELS_FILE": str(registry)}
+    )
+    assert result.exit_code == 0, result.output
+    assert "sigma-512: ok (520x520 on cpu)" in result.output
+
+
 def test_components_are_checked_when_the_registry_loads(
     tiny_folders: dict[str, Path], tmp_path: Path
 ) -> None:
