@@ -160,6 +160,24 @@ class Settings(BaseSettings):
         1800.0, gt=0, description="A generation running longer fails with a reason."
     )
 
+    # Webhooks
+    webhook_secret: str = Field(
+        "",
+        description="Signs each webhook (X-Openletz-Signature: HMAC-SHA256); none when empty.",
+    )
+    webhook_timeout_s: float = Field(
+        10.0, gt=0, le=300, description="How long a webhook's receiver has to answer."
+    )
+    webhook_interval_s: float = Field(
+        0.5, gt=0, description="How often an API server looks for webhooks to send."
+    )
+    webhook_retry_delays_s: list[float] = Field(
+        [5.0, 30.0, 120.0, 600.0, 1800.0, 3600.0, 7200.0],
+        max_length=20,
+        description="Waits before each new try of a webhook not answered with 2xx "
+        "(a JSON list); then it is given up.",
+    )
+
     # Engine
     # "auto", "sandbox", "diffusers", or "package.module:factory" for an engine of
     # one's own (the factory takes the Settings and returns an Engine).

@@ -717,3 +717,64 @@ async def test_raise_progress_refreshes_a_cached_finished_job(
     # and the cached copy goes.
     await store.raise_progress(job.id, 50)
     assert (await store.get(job.id)).progress == 50  # type: ignore[union-attr]
+
+
+# -- webhooks ----------------------------------------------------------------------------
+
+
+async def _ended(
+    store: JobStore, engine: AsyncEngine, user_id: int, url: str | None = "http://127.0.0.1:9/h"
+) -> str:
+    """A job that ended, with a webhook to ``url``."""
+    job = await _running(store, user_id)
+    await _set(engine, job.id, webhook_url=url)
+    assert await store.finish(job.id, "w1", JobStatus.READY, image_versions={}) is not None
+    return job.id
+
+
+async def test_only_ended_jobs_with_a_webhook_are_due(
+    store: JobStore, engine: AsyncEngine, user_id: int
+) -> None:
+    running = await store.create(new_job(user_id, webhook_url="http://127.0.0.1:9/h"))
+    plain = await _ended(store, engine, user_id, url=None)
+    hooked = await _ended(store, engine, user_id)
+    due = await store.webhooks_due()
+    assert hooked in due
+    assert running.id not in due
+    assert plain not in due
+
+
+async def test_a_claim_is_taken_once_until_it_lapses(
+    store: JobStore, engine: AsyncEngine, user_id: int
+) -> None:
+    job_id = await _ended(store, engine, user_id)
+    first = await store.claim_webhook(job_id, hold_s=60)
+    assert first is not None
+    assert first.webhook_attempts == 1
+    assert await store.claim_webhook(job_id, hold_s=60) is None  # another sender holds it
+    assert job_id not in await store.webhooks_due()
+    # A sender that died leaves a claim that lapses; then the next try may start.
+    lapsing = await _ended(store, engine, user_id)
+    assert await store.claim_webhook(lapsing, hold_s=0) is not None
+    again = await store.claim_webhook(lapsing, hold_s=60)
+    assert again is not None
+    assert again.webhook_attempts == 2
+
+
+async def test_a_retry_waits_and_an_end_is_final(
+    store: JobStore, engine: AsyncEngine, user_id: int
+) -> None:
+    job_id = await _ended(store, engine, user_id)
+    assert await store.claim_webhook(job_id, hold_s=60) is not None
+    await store.retry_webhook(job_id, delay_s=0, result="HTTP 500")
+    retried = await store.claim_webhook(job_id, hold_s=60)
+    assert retried is not None
+    assert retried.webhook_attempts == 2
+    assert retried.webhook_result == "HTTP 500"
+    await store.end_webhook(job_id, "delivered: HTTP 200")
+    assert job_id not in await store.webhooks_due()
+    assert await store.claim_webhook(job_id, hold_s=0) is None
+    done = await store.get(job_id)
+    assert done is not None
+    assert done.webhook_done_at is not None
+    assert done.webhook_result == "delivered: HTTP 200"

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from openletz.api.presenter import Presenter
+from openletz.api.webhooks import WebhookSender
 from openletz.auth import Accounts
 from openletz.db import SqliteReader, create_engine, create_sqlite_reader, migrate
 from openletz.dispatch.base import Dispatcher
@@ -35,6 +36,7 @@ class Services:
     presenter: Presenter
     #: the model names a request's baseModel may take; None when any is accepted
     model_names: frozenset[str] | None = None
+    webhooks: WebhookSender | None = None
 
     @classmethod
     async def start(cls, settings: Settings) -> Services:
@@ -85,9 +87,20 @@ class Services:
             model_names=model_names,
         )
         await dispatcher.start()
+        services.webhooks = WebhookSender(
+            jobs,
+            services.presenter,
+            secret=settings.webhook_secret,
+            retry_delays_s=settings.webhook_retry_delays_s,
+            timeout_s=settings.webhook_timeout_s,
+            interval_s=settings.webhook_interval_s,
+        )
+        await services.webhooks.start()
         return services
 
     async def stop(self) -> None:
+        if self.webhooks is not None:
+            await self.webhooks.stop()
         await self.dispatcher.stop()
         await self.live.close()
         await self.blobs.close()

@@ -73,6 +73,10 @@ class Job:
     dispatches: int
     dispatched_at: datetime | None
     dead_lettered_at: datetime | None
+    webhook_attempts: int
+    webhook_next_at: datetime | None
+    webhook_done_at: datetime | None
+    webhook_result: str | None
     created_at: datetime
     updated_at: datetime
     started_at: datetime | None
@@ -127,6 +131,10 @@ _WAITING = sa.or_(
     jobs.c.status.in_([s.value for s in sources_of(JobStatus.IN_PROGRESS)]),
     sa.and_(jobs.c.status == JobStatus.IN_PROGRESS.value, jobs.c.lease_owner.is_(None)),
 )
+
+# A webhook is sent once its job has ended, and until it is delivered or given up.
+_ENDED = [s.value for s in JobStatus if s.is_terminal()]
+_WEBHOOK_PENDING = sa.and_(jobs.c.webhook_url.is_not(None), jobs.c.webhook_done_at.is_(None))
 
 
 class JobStore:
@@ -674,3 +682,59 @@ class JobStore:
                         # Closing the session is what releases a lock for sure.
                         await conn.invalidate()
                         raise
+
+    # -- webhooks (openletz.api.webhooks) -----------------------------------------
+
+    async def webhooks_due(self, *, limit: int = 100) -> list[str]:
+        """Ended jobs whose webhook may be sent now (its next try is due), oldest first."""
+        stmt = (
+            sa.select(jobs.c.id)
+            .where(
+                _WEBHOOK_PENDING,
+                jobs.c.status.in_(_ENDED),
+                sa.or_(jobs.c.webhook_next_at.is_(None), jobs.c.webhook_next_at <= utcnow()),
+            )
+            .order_by(jobs.c.finished_at)
+            .limit(limit)
+        )
+        async with self._engine.connect() as conn:
+            return [r[0] for r in (await conn.execute(stmt)).all()]
+
+    async def claim_webhook(self, job_id: str, *, hold_s: float) -> Job | None:
+        """Take the next try of ``job_id``'s webhook, if it is due and nobody has it:
+        its next try moves ``hold_s`` ahead, so no other sender starts one meanwhile."""
+        now = utcnow()
+        stmt = (
+            jobs.update()
+            .where(
+                jobs.c.id == job_id,
+                _WEBHOOK_PENDING,
+                jobs.c.status.in_(_ENDED),
+                sa.or_(jobs.c.webhook_next_at.is_(None), jobs.c.webhook_next_at <= now),
+            )
+            .values(
+                webhook_attempts=jobs.c.webhook_attempts + 1,
+                webhook_next_at=now + timedelta(seconds=hold_s),
+            )
+            .returning(*jobs.c)
+        )
+        return await self._one(stmt)
+
+    async def retry_webhook(self, job_id: str, *, delay_s: float, result: str) -> None:
+        stmt = (
+            jobs.update()
+            .where(jobs.c.id == job_id, _WEBHOOK_PENDING)
+            .values(webhook_next_at=utcnow() + timedelta(seconds=delay_s), webhook_result=result)
+        )
+        async with self._engine.begin() as conn:
+            await conn.execute(stmt)
+
+    async def end_webhook(self, job_id: str, result: str) -> None:
+        """The webhook was delivered, or given up: it is never sent again."""
+        stmt = (
+            jobs.update()
+            .where(jobs.c.id == job_id, _WEBHOOK_PENDING)
+            .values(webhook_done_at=utcnow(), webhook_result=result)
+        )
+        async with self._engine.begin() as conn:
+            await conn.execute(stmt)

@@ -67,6 +67,8 @@ api_keys = sa.Table(
     sa.Column("revoked_at", UTCDateTime, nullable=True),
 )
 
+_WEBHOOK_PENDING = sa.text("webhook_url IS NOT NULL AND webhook_done_at IS NULL")
+
 jobs = sa.Table(
     "jobs",
     metadata,
@@ -103,6 +105,13 @@ jobs = sa.Table(
     sa.Column("dispatches", sa.Integer, nullable=False, server_default="0"),
     sa.Column("dispatched_at", UTCDateTime, nullable=True),
     sa.Column("dead_lettered_at", UTCDateTime, nullable=True),
+    # The webhook (openletz.api.webhooks): tries so far, when the next may start
+    # (a sender's claim or a retry's delay), when it ended (delivered or given up),
+    # and how the last try went.
+    sa.Column("webhook_attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("webhook_next_at", UTCDateTime, nullable=True),
+    sa.Column("webhook_done_at", UTCDateTime, nullable=True),
+    sa.Column("webhook_result", sa.Text, nullable=True),
     # Times.
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.Column("updated_at", UTCDateTime, nullable=False),
@@ -111,4 +120,12 @@ jobs = sa.Table(
     sa.Index(None, "user_id", "created_at"),
     sa.Index(None, "status", "lease_expires_at"),
     sa.Index(None, "privacy", "created_at"),
+    # Only the jobs whose webhook is still to be sent: a small index however many
+    # jobs there are.
+    sa.Index(
+        None,
+        "webhook_next_at",
+        sqlite_where=_WEBHOOK_PENDING,
+        postgresql_where=_WEBHOOK_PENDING,
+    ),
 )
