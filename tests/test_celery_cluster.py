@@ -429,3 +429,93 @@ def test_the_lifecycle_with_redis_as_the_broker(
             srv.stop()
         left = delete_redis_keys(redis_broker, f"{settings['queue_prefix']}:*")
     assert left, "the broker's keys carry the queue prefix"
+
+
+def _queue_counts(name: str) -> tuple[int, int] | None:
+    """(messages ready, consumers) of a queue, or None if it does not exist."""
+    from kombu import Connection
+
+    with Connection(BROKER) as conn:
+        try:
+            declared = conn.channel().queue_declare(queue=name, passive=True)
+        except conn.channel_errors:
+            return None
+        return int(declared.message_count), int(declared.consumer_count)
+
+
+def test_a_worker_loads_its_engine_before_it_takes_a_job(
+    make_server: Callable[..., Server],
+    cluster_settings: dict[str, object],
+    workers: list[Worker],
+    tmp_path: Path,
+) -> None:
+    settings = {**cluster_settings, "engine": "tests.fixtures.engines:slow_load"}
+    api = make_server(**settings).start()
+    loaded = tmp_path / "loaded"
+    queue = f"{settings['queue_prefix']}.default"
+    with api.client(api.create_key("c")) as client:
+        image_id = client.post("/images", json={"prompt": "waiting for a warm worker"}).json()["id"]
+        worker = Worker({**api.env, "OPENLETZ_TEST_LOADED_FILE": str(loaded)}, tmp_path / "w.log")
+        workers.append(worker.start())
+        deadline = time.monotonic() + 60
+        while (counts := _queue_counts(queue)) is None or counts[1] == 0:
+            assert time.monotonic() < deadline, worker.log()
+            time.sleep(0.02)
+        consuming = time.time()
+        # The message waited in the queue through the whole load.
+        assert loaded.exists(), "the worker consumed before its engine was loaded"
+        assert float(loaded.read_text()) <= consuming
+        assert wait_for(client, image_id, timeout=60)["status"] == "ready"
+
+
+def test_a_worker_whose_engine_cannot_load_exits_and_takes_no_job(
+    make_server: Callable[..., Server],
+    cluster_settings: dict[str, object],
+    workers: list[Worker],
+    tmp_path: Path,
+) -> None:
+    settings = {**cluster_settings, "engine": "tests.fixtures.engines:fail_to_load"}
+    api = make_server(**settings).start()
+    queue = f"{settings['queue_prefix']}.default"
+    with api.client(api.create_key("c")) as client:
+        image_id = client.post("/images", json={"prompt": "no engine"}).json()["id"]
+        worker = Worker(api.env, tmp_path / "w.log").start()
+        workers.append(worker)
+        assert worker.proc is not None
+        assert worker.proc.wait(timeout=60) == 1, worker.log()
+        assert "this engine cannot load" in worker.log()
+        # Its message is still queued for a worker that can run it.
+        assert _queue_counts(queue) == (1, 0)
+        assert client.get(f"/images/{image_id}").json()["status"] == "new"
+
+
+def test_a_worker_stopped_with_sigterm_hands_its_job_to_another(
+    make_server: Callable[..., Server],
+    cluster_settings: dict[str, object],
+    workers: list[Worker],
+    tmp_path: Path,
+) -> None:
+    # A lease of a minute: a job left to its lease would wait that long.
+    settings = {**cluster_settings, "sandbox_duration_s": 4, "lease_s": 60, "heartbeat_s": 5}
+    api = make_server(**settings).start()
+    queue = f"{settings['queue_prefix']}.default"
+    first = Worker(api.env, tmp_path / "w1.log").start()
+    workers.append(first)
+    with api.client(api.create_key("c")) as client:
+        image_id = client.post("/images", json={"prompt": "hand me over"}).json()["id"]
+        _running(client, image_id)
+        second = Worker(api.env, tmp_path / "w2.log").start()
+        workers.append(second)
+        deadline = time.monotonic() + 60
+        while (counts := _queue_counts(queue)) is None or counts[1] < 2:
+            assert time.monotonic() < deadline, second.log()
+            time.sleep(0.05)
+        stopped = time.monotonic()
+        first.stop()
+        assert first.proc is not None
+        assert first.proc.returncode == 0, first.log()
+        done = wait_for(client, image_id, timeout=50)
+        took = time.monotonic() - stopped
+    assert done["status"] == "ready", (done, second.log())
+    assert took < 20, f"handed over after {took:.1f} s"
+    assert asyncio.run(_row(api, image_id))["attempts"] == 2

@@ -192,7 +192,9 @@ def build(settings: Settings, families: list[str]) -> Celery:
             raise Reject("worker stopping", requeue=True)
         return statuses[job_id]
 
-    @worker_init.connect  # type: ignore[untyped-decorator]
+    # Celery holds signal receivers by weak reference: these closures would be
+    # collected as soon as build() returns, and never called.
+    @worker_init.connect(weak=False)  # type: ignore[untyped-decorator]
     def _warm_up(sender: Any = None, **_: Any) -> None:
         # Models load before the worker consumes: no message waits on a load, and a
         # worker that cannot start its engine exits instead of failing jobs.
@@ -216,7 +218,7 @@ def build(settings: Settings, families: list[str]) -> Celery:
 
         app.steps["consumer"].add(DeclareDeadLetters)
 
-    @worker_shutting_down.connect  # type: ignore[untyped-decorator]
+    @worker_shutting_down.connect(weak=False)  # type: ignore[untyped-decorator]
     def _on_shutdown(**_: Any) -> None:
         worker.shutdown()
 
