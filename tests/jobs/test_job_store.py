@@ -778,3 +778,17 @@ async def test_a_retry_waits_and_an_end_is_final(
     assert done is not None
     assert done.webhook_done_at is not None
     assert done.webhook_result == "delivered: HTTP 200"
+
+
+async def test_claim_many_takes_the_waiting_jobs_of_a_batch_at_once(
+    store: JobStore, user_id: int
+) -> None:
+    a, b, c, d = [await store.create(new_job(user_id, prompt=f"p{i}")) for i in range(4)]
+    assert await store.claim(b.id, "other", lease_s=30) is not None  # someone else's
+    assert await store.request_interrupt(c.id) is not None  # interrupted while waiting
+    claimed = await store.claim_many([d.id, a.id, b.id, c.id, "no-such-id"], "w1", lease_s=30)
+    assert [j.id for j in claimed] == [d.id, a.id]  # the order asked for, only the waiting
+    assert all(j.lease_owner == "w1" and j.attempts == 1 for j in claimed)
+    assert all(j.status is JobStatus.IN_PROGRESS for j in claimed)
+    assert await store.claim_many([a.id, d.id], "w2", lease_s=30) == []
+    assert await store.claim_many([], "w2", lease_s=30) == []

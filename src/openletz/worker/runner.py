@@ -47,6 +47,9 @@ STORED = 99
 #: called from any thread with (job id, progress, preview JPEG or None)
 ProgressSink = Callable[[str, int, bytes | None], None]
 
+#: how often the waiting jobs are counted while a batch window is open
+_BATCH_POLL_S = 0.02
+
 #: the exit status of a worker process that gave up on a stuck engine
 STUCK_EXIT_CODE = 70
 
@@ -173,8 +176,14 @@ class JobRunner:
             return {job_id: "skipped"}
         if await asyncio.to_thread(self._engine.batch_key, _request_of(job)) is None:
             return await self.run_batch([job_id])
-        await asyncio.sleep(settings.batch_window_s)
-        others = await self._store.similar_waiting(job, limit=settings.batch_max - 1)
+        # Wait out the window for a burst, but no longer than it takes to fill the batch.
+        deadline = time.monotonic() + settings.batch_window_s
+        while True:
+            others = await self._store.similar_waiting(job, limit=settings.batch_max - 1)
+            left = deadline - time.monotonic()
+            if len(others) >= settings.batch_max - 1 or left <= 0:
+                break
+            await asyncio.sleep(min(_BATCH_POLL_S, left))
         return await self.run_batch([job_id, *others])
 
     async def run_batch(self, job_ids: Sequence[str]) -> dict[str, str]:
@@ -184,12 +193,9 @@ class JobRunner:
         Each job's end is recorded as soon as it is known: one interrupted at a
         step ends then, while the rest of its batch goes on."""
         statuses = dict.fromkeys(job_ids, "skipped")
-        jobs: list[Job] = []
-        for job_id in job_ids:
-            job = await self._store.claim(job_id, self.owner, self._settings.lease_s)
-            if job is not None:
-                log.info("job %s claimed (attempt %d)", job.id, job.attempts)
-                jobs.append(job)
+        jobs = await self._store.claim_many(job_ids, self.owner, self._settings.lease_s)
+        for job in jobs:
+            log.info("job %s claimed (attempt %d)", job.id, job.attempts)
         if not jobs:
             return statuses
         loop = asyncio.get_running_loop()
