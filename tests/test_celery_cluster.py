@@ -474,7 +474,12 @@ def test_a_worker_whose_engine_cannot_load_exits_and_takes_no_job(
     workers: list[Worker],
     tmp_path: Path,
 ) -> None:
-    settings = {**cluster_settings, "engine": "tests.fixtures.engines:fail_to_load"}
+    # No re-send meanwhile: the one message in the queue is the POST's.
+    settings = {
+        **cluster_settings,
+        "engine": "tests.fixtures.engines:fail_to_load",
+        "stale_new_s": 60,
+    }
     api = make_server(**settings).start()
     queue = f"{settings['queue_prefix']}.default"
     with api.client(api.create_key("c")) as client:
