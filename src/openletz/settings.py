@@ -214,6 +214,13 @@ class Settings(BaseSettings):
     batch_window_s: float = Field(
         0.05, ge=0, le=5, description="How long a worker waits to fill a batch."
     )
+    delivery_backlog: int = Field(
+        1,
+        ge=0,
+        le=8,
+        description="Engine calls whose delivery (versions, storing, the end) may still "
+        "run when a worker starts its next generation; 0 delivers each job first.",
+    )
     sandbox_duration_s: float = Field(
         4.0, ge=0, description="Sandbox time per image at quality 2 (scales with quality)."
     )

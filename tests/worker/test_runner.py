@@ -16,7 +16,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from openletz.auth import Accounts
 from openletz.db import create_engine, migrate
-from openletz.engines.base import Engine, GenerationRequest, StepCallback
+from openletz.engines.base import Engine, GenerationRequest, StepCallback, StepUpdate
+from openletz.engines.sandbox import SandboxEngine
 from openletz.jobs.status import JobStatus
 from openletz.jobs.store import Job, JobStore, NewJob
 from openletz.settings import Settings
@@ -236,3 +237,211 @@ async def test_a_failure_while_storing_keeps_the_progress_shown(
     assert "disk full" in failed.progress_message
     assert max(sink.progress[job.id]) == ENCODED
     assert failed.progress == ENCODED
+
+
+# -- delivery beside the next generation ------------------------------------------------------
+
+
+class _Counted(SandboxEngine):
+    """A sandbox that counts its calls; a prompt with "slow" takes 100 steps of 0.05 s."""
+
+    def __init__(self) -> None:
+        super().__init__(duration_s=0, steps_per_quality=1)
+        self.calls = 0
+
+    def generate(self, request: GenerationRequest, on_step: StepCallback) -> Image.Image:
+        self.calls += 1
+        if "slow" in request.prompt:
+            for k in range(1, 101):
+                time.sleep(0.05)
+                on_step(StepUpdate(step=k, total=100))
+        return super().generate(request, on_step)
+
+
+class _GatedBlobs(LocalBlobStore):
+    """A store that holds every job's versions until ``gate`` opens; ``fail`` makes the
+    first job's storing fail once the gate opens."""
+
+    def __init__(self, root: Path, *, fail: bool = False) -> None:
+        super().__init__(root, public_base_url="http://x", secret="s", url_ttl_s=60)
+        self.gate = asyncio.Event()
+        self.entered = 0
+        self._fail = fail
+
+    async def put_many(self, items: Mapping[str, bytes], content_type: str) -> None:
+        self.entered += 1
+        first = self.entered == 1
+        await self.gate.wait()
+        if first and self._fail:
+            raise OSError("disk full")
+        await super().put_many(items, content_type)
+
+    async def until_entered(self, n: int) -> None:
+        deadline = time.monotonic() + 10
+        while self.entered < n:
+            assert time.monotonic() < deadline, f"{self.entered} storing, wanted {n}"
+            await asyncio.sleep(0.01)
+
+
+def pipelined(store: JobStore, blobs: Any, engine: Engine, **values: Any) -> JobRunner:
+    return runner(store, blobs, engine, Sink(), **{"batch_max": 1, **values})
+
+
+async def row(store: JobStore, job_id: str) -> Job:
+    job = await store.get(job_id)
+    assert job is not None
+    return job
+
+
+async def test_the_next_generation_starts_while_the_previous_job_is_delivered(
+    store: JobStore, engine: AsyncEngine, tmp_path: Path
+) -> None:
+    blobs = _GatedBlobs(tmp_path / "b")
+    counted = _Counted()
+    run = pipelined(store, blobs, counted)
+    first, second = [await create(store, engine, seed=s) for s in (1, 2)]
+    a = await asyncio.wait_for(run.start_with_batch(first.id), 10)
+    assert a.claimed == [first.id]
+    await blobs.until_entered(1)
+    claimed = await row(store, first.id)
+    # The engine is free while the first job's versions are stored.
+    b = await asyncio.wait_for(run.start_with_batch(second.id), 10)
+    assert counted.calls == 2
+    assert b.claimed == [second.id]
+    assert not a.ended.done()
+    assert run.delivering == 2
+    await asyncio.sleep(0.3)
+    delivering = await row(store, first.id)
+    assert delivering.status is JobStatus.IN_PROGRESS
+    assert delivering.lease_owner == "w1"
+    # Its lease is renewed while it is delivered.
+    assert delivering.lease_expires_at is not None
+    assert claimed.lease_expires_at is not None
+    assert delivering.lease_expires_at > claimed.lease_expires_at
+    blobs.gate.set()
+    assert await asyncio.wait_for(a.ended, 10) == {first.id: "ready"}
+    assert await asyncio.wait_for(b.ended, 10) == {second.id: "ready"}
+    assert run.delivering == 0
+    one, two = await row(store, first.id), await row(store, second.id)
+    assert one.status is two.status is JobStatus.READY
+    assert two.started_at is not None
+    assert one.finished_at is not None
+    assert two.started_at < one.finished_at
+
+
+@pytest.mark.parametrize("backlog", [0, 1, 2])
+async def test_the_delivery_backlog_bounds_the_deliveries_under_way(
+    store: JobStore, engine: AsyncEngine, tmp_path: Path, backlog: int
+) -> None:
+    blobs = _GatedBlobs(tmp_path / "b")
+    counted = _Counted()
+    run = pipelined(store, blobs, counted, delivery_backlog=backlog)
+    ids = [(await create(store, engine, seed=s)).id for s in range(backlog + 2)]
+    batches = [await asyncio.wait_for(run.start_with_batch(i), 10) for i in ids[: backlog + 1]]
+    await blobs.until_entered(backlog + 1)
+    assert run.delivering == backlog + 1
+    # One more delivery would pass the bound: the next job waits, unclaimed.
+    waiting = asyncio.create_task(run.start_with_batch(ids[-1]))
+    await asyncio.sleep(0.3)
+    assert not waiting.done()
+    assert counted.calls == backlog + 1
+    assert (await row(store, ids[-1])).status is JobStatus.NEW
+    blobs.gate.set()
+    batches.append(await asyncio.wait_for(waiting, 10))
+    assert counted.calls == backlog + 2
+    for job_id, batch in zip(ids, batches, strict=True):
+        assert await asyncio.wait_for(batch.ended, 10) == {job_id: "ready"}
+
+
+async def test_a_failure_while_delivering_fails_that_job_and_not_the_next(
+    store: JobStore, engine: AsyncEngine, tmp_path: Path
+) -> None:
+    blobs = _GatedBlobs(tmp_path / "b", fail=True)
+    run = pipelined(store, blobs, _Counted())
+    first, second = [await create(store, engine, seed=s) for s in (1, 2)]
+    a = await asyncio.wait_for(run.start_with_batch(first.id), 10)
+    await blobs.until_entered(1)
+    b = await asyncio.wait_for(run.start_with_batch(second.id), 10)
+    blobs.gate.set()
+    assert await asyncio.wait_for(a.ended, 10) == {first.id: "failed"}
+    assert await asyncio.wait_for(b.ended, 10) == {second.id: "ready"}
+    failed = await row(store, first.id)
+    assert failed.status is JobStatus.FAILED
+    assert failed.progress_message is not None
+    assert "disk full" in failed.progress_message
+    assert failed.progress == ENCODED
+    assert failed.lease_owner is None
+
+
+async def test_an_interruption_once_the_image_is_made_does_not_stop_its_delivery(
+    store: JobStore, engine: AsyncEngine, tmp_path: Path
+) -> None:
+    blobs = _GatedBlobs(tmp_path / "b")
+    run = pipelined(store, blobs, _Counted())
+    job = await create(store, engine)
+    a = await asyncio.wait_for(run.start_with_batch(job.id), 10)
+    await blobs.until_entered(1)
+    await store.request_interrupt(job.id)
+    run.interrupt(job.id)
+    await asyncio.sleep(0.3)  # heartbeats come and see the flag
+    blobs.gate.set()
+    assert await asyncio.wait_for(a.ended, 10) == {job.id: "ready"}
+    assert (await row(store, job.id)).status is JobStatus.READY
+
+
+async def test_stopping_abandons_the_generation_and_lets_the_delivery_finish(
+    store: JobStore, engine: AsyncEngine, tmp_path: Path
+) -> None:
+    blobs = _GatedBlobs(tmp_path / "b")
+    sink = Sink()
+    run = runner(store, blobs, _Counted(), sink, batch_max=1)
+    made = await create(store, engine, seed=1)
+    making = await create(store, engine, seed=2, prompt="slow")
+    a = await asyncio.wait_for(run.start_with_batch(made.id), 10)
+    await blobs.until_entered(1)
+    generating = asyncio.create_task(run.start_with_batch(making.id))
+    deadline = time.monotonic() + 10
+    while max(sink.progress.get(making.id, [0])) == 0:
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.01)
+    run.abandon_all()
+    b = await asyncio.wait_for(generating, 10)
+    assert await asyncio.wait_for(b.ended, 10) == {making.id: "lost"}
+    assert not a.ended.done()
+    blobs.gate.set()
+    await run.drain(10)
+    assert a.ended.result() == {made.id: "ready"}
+    # The abandoned one is still held, until the worker hands it back.
+    assert (await row(store, making.id)).lease_owner == "w1"
+    await store.release_owner("w1")
+    assert (await store.recover_expired(max_attempts=3)).requeued == [making.id]
+
+
+async def test_a_delivery_that_outlives_the_drain_is_abandoned_and_handed_back(
+    store: JobStore, engine: AsyncEngine, tmp_path: Path
+) -> None:
+    blobs = _GatedBlobs(tmp_path / "b")
+    run = pipelined(store, blobs, _Counted())
+    job = await create(store, engine)
+    a = await asyncio.wait_for(run.start_with_batch(job.id), 10)
+    await blobs.until_entered(1)
+    await run.drain(0.2)
+    assert a.ended.cancelled()
+    assert run.delivering == 0
+    await store.release_owner("w1")
+    assert (await store.recover_expired(max_attempts=3)).requeued == [job.id]
+    # Another worker makes it; the first one's files were never written.
+    blobs.gate.set()
+    other = JobRunner(
+        owner="w2",
+        store=store,
+        blobs=blobs,
+        engine=_Counted(),
+        settings=settings(batch_max=1),
+        sink=Sink(),
+    )
+    assert await asyncio.wait_for(other.run(job.id), 10) == "ready"
+    done = await row(store, job.id)
+    assert done.attempts == 2
+    assert done.image_versions is not None
+    assert all(key.endswith("-2.jpg") for key in done.image_versions.values())

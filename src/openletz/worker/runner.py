@@ -4,6 +4,12 @@ The runner is the same for every transport (embedded pipes, Celery): it claims
 the row (with the waiting jobs that can share its batch), runs the engine in a
 thread while an asyncio task renews each lease, turns steps into progress and
 previews, stores the versions and records each job's end as soon as it is known.
+
+The engine is the expensive part, so it does not wait for deliveries: once an
+engine call returns, its jobs' delivery (versions encoded in a thread, stored,
+their end recorded) goes on in a task of its own while the worker takes its next
+job. At most ``delivery_backlog`` earlier engine calls may still be delivering
+when the next one starts (:meth:`JobRunner.room`), which bounds the images held.
 """
 
 from __future__ import annotations
@@ -53,6 +59,10 @@ _BATCH_POLL_S = 0.02
 #: the exit status of a worker process that gave up on a stuck engine
 STUCK_EXIT_CODE = 70
 
+#: how long a stopping worker lets the deliveries under way finish before it
+#: abandons them (their jobs are then handed back: release_owner)
+DRAIN_S = 5.0
+
 Outcome = Image.Image | BaseException
 
 
@@ -81,12 +91,28 @@ class _Flags:
 class _Run:
     """One claimed job of an engine call: its flags, its lease's heartbeat, and its
     outcome, known either when the call returns or, for a job that the engine
-    dropped at a step (interrupted), at once."""
+    dropped at a step (interrupted), at once. ``generating`` while the call runs."""
 
     job: Job
     flags: _Flags
     outcome: asyncio.Future[Outcome]
     beat: asyncio.Task[None] | None = None
+    generating: bool = True
+
+
+@dataclass(eq=False, slots=True)
+class Batch:
+    """The jobs of one engine call, once the call is over.
+
+    ``job_ids`` are those it was started with (the job that was sent first, then the
+    waiting ones gathered for its batch), ``claimed`` those this worker took. Their
+    delivery goes on: ``ended`` resolves to each id's end status ("skipped": not
+    claimed; "error": its end could not be recorded, and its lease runs out) once
+    every one has ended; it is cancelled when a stopping worker abandons it."""
+
+    job_ids: list[str]
+    claimed: list[str]
+    ended: asyncio.Future[dict[str, str]]
 
 
 def _settle(future: asyncio.Future[Outcome], outcome: Outcome) -> None:
@@ -111,9 +137,10 @@ class JobRunner:
         self._engine = engine
         self._settings = settings
         self._sink = sink
-        self._flags: dict[str, _Flags] = {}
+        self._runs: dict[str, _Run] = {}
         self._progress: dict[str, int] = {}
         self._previews: dict[str, bytes] = {}
+        self._deliveries: set[asyncio.Task[dict[str, str]]] = set()
         self._stuck = False
 
     @property
@@ -138,6 +165,9 @@ class JobRunner:
             "exiting so that a fresh worker process replaces this one",
             self._settings.job_timeout_s,
         )
+        # The stuck jobs' failures, and the deliveries of earlier calls, are recorded
+        # first (they need no engine); what is left is handed back.
+        await self.drain(DRAIN_S)
         try:
             await self._store.release_owner(self.owner)
         except Exception:
@@ -147,35 +177,81 @@ class JobRunner:
         os._exit(STUCK_EXIT_CODE)  # a thread cannot be stopped, and would block an exit
 
     def interrupt(self, job_id: str) -> None:
-        flags = self._flags.get(job_id)
-        if flags is not None:
-            flags.interrupt.set()
+        """Stop ``job_id`` at its next step. Once its engine call has returned there is
+        no step left: the image is made, and it is delivered (the job ends ready)."""
+        run = self._runs.get(job_id)
+        if run is not None:
+            run.flags.interrupt.set()
 
     def abandon_all(self) -> None:
-        """Stop every running generation at its next step, writing nothing (shutdown)."""
-        for flags in self._flags.values():
-            flags.lease_lost.set()
+        """Stop every running generation at its next step, writing nothing (shutdown).
+        Deliveries under way are left to finish: see :meth:`drain`."""
+        for run in self._runs.values():
+            if run.generating:
+                run.flags.lease_lost.set()
+
+    @property
+    def delivering(self) -> int:
+        """Engine calls whose jobs are still being delivered."""
+        return sum(not task.done() for task in self._deliveries)
+
+    async def room(self) -> None:
+        """Wait until at most ``delivery_backlog`` earlier engine calls are still
+        delivering: the backpressure that bounds a worker's memory when its
+        deliveries are slower than its engine."""
+        limit = self._settings.delivery_backlog
+        while True:
+            pending = [task for task in self._deliveries if not task.done()]
+            if len(pending) <= limit:
+                return
+            await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+
+    async def drain(self, within_s: float) -> None:
+        """Let the deliveries under way finish, for at most ``within_s`` seconds, then
+        abandon the rest: their jobs stay this worker's until it hands them back
+        (``JobStore.release_owner``) or their leases run out."""
+        pending = [task for task in self._deliveries if not task.done()]
+        if not pending:
+            return
+        _, late = await asyncio.wait(pending, timeout=within_s)
+        if late:
+            log.warning("deliveries not finished after %g s, abandoned: %d", within_s, len(late))
+            for task in late:
+                task.cancel()
+            await asyncio.wait(late)
 
     async def run(self, job_id: str) -> str:
         """Run ``job_id`` if it can be claimed; returns its end status or "skipped"."""
         return (await self.run_batch([job_id]))[job_id]
 
     async def run_with_batch(self, job_id: str) -> dict[str, str]:
+        """:meth:`start_with_batch`, then wait until each job has ended; returns each
+        id's end status ("skipped": not claimed)."""
+        return await (await self.start_with_batch(job_id)).ended
+
+    async def run_batch(self, job_ids: Sequence[str]) -> dict[str, str]:
+        """:meth:`start_batch`, then wait until each job has ended; returns each id's
+        end status ("skipped": not claimed)."""
+        return await (await self.start_batch(job_ids)).ended
+
+    async def start_with_batch(self, job_id: str) -> Batch:
         """Run ``job_id``, with the waiting jobs that ask for the same generation when
-        the engine batches. Returns each id's end status ("skipped": not claimed).
+        the engine batches; returns once the engine call is over, while the jobs'
+        delivery goes on (see :class:`Batch`).
 
         A dispatcher hands a worker one job at a time, so jobs that cannot share a
         batch go to other, idle workers. Here the batch window is waited out (a
         burst arrives) and compatible waiting jobs are claimed with this one; their
         own deliveries come later, find them taken, and do nothing."""
         settings = self._settings
+        await self.room()
         if settings.batch_max <= 1 or not self._engine.batches:
-            return await self.run_batch([job_id])
+            return await self.start_batch([job_id])
         job = await self._store.get(job_id)
         if job is None or not job.waiting:
-            return {job_id: "skipped"}
+            return self._nothing([job_id])
         if await asyncio.to_thread(self._engine.batch_key, _request_of(job)) is None:
-            return await self.run_batch([job_id])
+            return await self.start_batch([job_id])
         # Wait out the window for a burst, but no longer than it takes to fill the batch.
         deadline = time.monotonic() + settings.batch_window_s
         while True:
@@ -184,20 +260,24 @@ class JobRunner:
             if len(others) >= settings.batch_max - 1 or left <= 0:
                 break
             await asyncio.sleep(min(_BATCH_POLL_S, left))
-        return await self.run_batch([job_id, *others])
+        return await self.start_batch([job_id, *others])
 
-    async def run_batch(self, job_ids: Sequence[str]) -> dict[str, str]:
+    async def start_batch(self, job_ids: Sequence[str]) -> Batch:
         """Claim ``job_ids`` (of one batch key) and run those claimed as one engine
-        call. Returns each id's end status, or "skipped" for those not claimed.
+        call; returns once the call is over, while their delivery goes on.
 
+        It waits first until the deliveries under way leave room (:meth:`room`).
         Each job's end is recorded as soon as it is known: one interrupted at a
         step ends then, while the rest of its batch goes on."""
+        await self.room()
         statuses = dict.fromkeys(job_ids, "skipped")
-        jobs = await self._store.claim_many(job_ids, self.owner, self._settings.lease_s)
+        # A job this worker holds already (still delivering) is not claimed twice.
+        wanted = [job_id for job_id in job_ids if job_id not in self._runs]
+        jobs = await self._store.claim_many(wanted, self.owner, self._settings.lease_s)
         for job in jobs:
             log.info("job %s claimed (attempt %d)", job.id, job.attempts)
         if not jobs:
-            return statuses
+            return self._nothing(job_ids)
         loop = asyncio.get_running_loop()
         runs = [
             _Run(
@@ -208,24 +288,59 @@ class JobRunner:
             for job in jobs
         ]
         for run in runs:
-            self._flags[run.job.id] = run.flags
+            self._runs[run.job.id] = run
             self._sink(run.job.id, 0, None)
             run.beat = asyncio.create_task(self._heartbeat(run.job.id, run.flags))
         ends = [asyncio.create_task(self._end(run)) for run in runs]
         try:
             await self._watch(runs)
-            for run, status in zip(runs, await asyncio.gather(*ends), strict=True):
-                statuses[run.job.id] = status
+        except BaseException:
+            for end in ends:
+                end.cancel()
+            self._forget(runs)
+            raise
+        for run in runs:
+            run.generating = False
+        delivery = asyncio.create_task(self._complete(runs, ends, statuses))
+        self._deliveries.add(delivery)
+        delivery.add_done_callback(self._deliveries.discard)
+        return Batch(list(job_ids), [run.job.id for run in runs], delivery)
+
+    def _nothing(self, job_ids: Sequence[str]) -> Batch:
+        ended: asyncio.Future[dict[str, str]] = asyncio.get_running_loop().create_future()
+        ended.set_result(dict.fromkeys(job_ids, "skipped"))
+        return Batch(list(job_ids), [], ended)
+
+    async def _complete(
+        self, runs: Sequence[_Run], ends: Sequence[asyncio.Task[str]], statuses: dict[str, str]
+    ) -> dict[str, str]:
+        """Wait until each job of an engine call has ended (delivered, or failed)."""
+        try:
+            results = await asyncio.gather(*ends, return_exceptions=True)
+            for run, result in zip(runs, results, strict=True):
+                if isinstance(result, asyncio.CancelledError):
+                    raise result
+                if isinstance(result, BaseException):
+                    # Its end could not be recorded (the database is away): it stays
+                    # this worker's until its lease runs out, and recovery retries it.
+                    log.error("job %s: its end was not recorded", run.job.id, exc_info=result)
+                    statuses[run.job.id] = "error"
+                else:
+                    statuses[run.job.id] = result
+            return statuses
         finally:
             for end in ends:
                 end.cancel()
-            for run in runs:
-                if run.beat is not None:
-                    run.beat.cancel()
-                self._flags.pop(run.job.id, None)
+            self._forget(runs)
+
+    def _forget(self, runs: Sequence[_Run]) -> None:
+        for run in runs:
+            if run.beat is not None:
+                run.beat.cancel()
+            if self._runs.get(run.job.id) is run:
+                del self._runs[run.job.id]
                 self._progress.pop(run.job.id, None)
                 self._previews.pop(run.job.id, None)
-        return statuses
 
     async def _watch(self, runs: Sequence[_Run]) -> None:
         """Run the engine and settle each job's outcome. Past the job timeout the
