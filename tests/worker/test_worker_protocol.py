@@ -4,6 +4,7 @@ import pytest
 
 from openletz.worker.protocol import (
     Done,
+    Free,
     Hello,
     Interrupt,
     Message,
@@ -24,6 +25,8 @@ MESSAGES: list[Message] = [
     Progress(JOB, 57, bytes(range(256))),
     Progress(JOB, 100, b"\n\r\n\x00\xff" * 50),
     Progress(JOB, 1, b""),
+    Free(JOB),
+    Free(JOB, ("a-mate", "another")),
     Done(JOB, "ready"),
     Done(JOB, "skipped"),
     Hello(owner='wörker\n"quoted"', engine="diffusers"),
@@ -57,7 +60,7 @@ def test_binary_preview_survives() -> None:
 
 
 def test_every_message_type_is_covered() -> None:
-    assert {type(m) for m in MESSAGES} == {Run, Interrupt, Hello, Progress, Done}
+    assert {type(m) for m in MESSAGES} == {Run, Interrupt, Hello, Progress, Free, Done}
 
 
 def test_kind_is_on_the_wire() -> None:
@@ -65,7 +68,14 @@ def test_kind_is_on_the_wire() -> None:
 
     for msg in MESSAGES:
         assert orjson.loads(encode(msg))["kind"] == msg.kind
-    assert {m.kind for m in MESSAGES} == {"run", "interrupt", "hello", "progress", "done"}
+    assert {m.kind for m in MESSAGES} == {
+        "run",
+        "interrupt",
+        "hello",
+        "progress",
+        "free",
+        "done",
+    }
 
 
 def test_decode_without_trailing_newline() -> None:

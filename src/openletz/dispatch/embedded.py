@@ -5,6 +5,10 @@ The dispatcher hands a job id to an idle worker, one at a time (a worker whose
 engine batches claims the compatible waiting jobs itself), relays
 interruptions, copies progress into the live store, restarts a worker that
 dies, and reconciles with the database (waiting jobs, leases that expired) on a timer.
+
+A worker is idle when it says so (Hello, then Free after each job's engine call),
+which can be before the job it was sent has ended (Done): its delivery goes on
+in the worker while the engine makes the next image.
 """
 
 from __future__ import annotations
@@ -32,7 +36,10 @@ class _Worker:
     proc: asyncio.subprocess.Process
     owner: str | None = None
     engine: str | None = None
+    #: the jobs it was sent that have not ended (generating, or delivering)
     jobs: set[str] = field(default_factory=set)
+    #: those of ``jobs`` whose engine call is over (Free came, Done not yet)
+    delivering: set[str] = field(default_factory=set)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     def send(self, msg: protocol.Message) -> None:
@@ -91,6 +98,7 @@ class EmbeddedDispatcher(Dispatcher):
             "workers": len(self._workers),
             "ready": sum(1 for w in self._workers.values() if w.owner is not None),
             "busy": len(self._running),
+            "delivering": sum(len(w.delivering) for w in self._workers.values()),
             "queued": len(self._queued),
             "models": dict(self._models),
         }
@@ -119,15 +127,23 @@ class EmbeddedDispatcher(Dispatcher):
                 msg = protocol.decode(line)
                 if isinstance(msg, protocol.Progress):
                     await self._live.update(msg.job, msg.progress, msg.preview)
+                elif isinstance(msg, protocol.Free):
+                    # The jobs it took into that engine call (or found taken) need no
+                    # sending: their own deliveries, still queued, are dropped.
+                    for other in msg.batch:
+                        self._queued.discard(other)
+                    if msg.job in worker.jobs:
+                        worker.delivering.add(msg.job)
+                    self._idle.put_nowait(worker)
                 elif isinstance(msg, protocol.Done):
                     if msg.job in worker.jobs:
                         worker.jobs.discard(msg.job)
+                        worker.delivering.discard(msg.job)
                         if self._running.get(msg.job) is worker:
                             del self._running[msg.job]
-                        self._idle.put_nowait(worker)
                     else:
                         # A job it claimed itself for a batch, now ended (or taken by
-                        # another): its own delivery, still queued, can be dropped.
+                        # another): its own delivery, if still queued, can be dropped.
                         self._queued.discard(msg.job)
                 elif isinstance(msg, protocol.Hello):
                     worker.owner, worker.engine = msg.owner, msg.engine
@@ -143,6 +159,7 @@ class EmbeddedDispatcher(Dispatcher):
 
     async def _on_death(self, worker: _Worker, code: int) -> None:
         log.error("worker %d (pid %d) exited with code %s", worker.index, worker.proc.pid, code)
+        # Every job it was sent and that has not ended, delivering ones included.
         sent = list(worker.jobs)
         for job_id in sent:
             self._running.pop(job_id, None)

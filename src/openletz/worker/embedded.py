@@ -1,14 +1,19 @@
 """The worker process that ``openletz serve`` starts: ``python -m openletz.worker``.
 
-Commands arrive on stdin and events leave on stdout (see ``protocol``). When
-stdin closes, the API process is gone: the worker hands back its job (its
-lease is expired at once, so the next API process resumes it) and exits.
+Commands arrive on stdin and events leave on stdout (see ``protocol``). A job
+sent (Run) is answered twice: Free once its engine call is over, so that the
+dispatcher sends the next job while this one is delivered, and Done once it has
+ended. When stdin closes, the API process is gone: the worker stops its
+generation, lets its deliveries finish (a few seconds at most), hands back the
+jobs it still holds (their leases are expired at once, so the next API process
+resumes them) and exits.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import secrets
@@ -21,7 +26,7 @@ from openletz.jobs.store import JobStore
 from openletz.settings import Settings
 from openletz.storage.factory import make_blob_store
 from openletz.worker import protocol
-from openletz.worker.runner import JobRunner
+from openletz.worker.runner import DRAIN_S, JobRunner
 
 log = logging.getLogger("openletz.worker")
 
@@ -37,9 +42,11 @@ async def serve_stdio(settings: Settings) -> None:
     out = sys.stdout.buffer
 
     def emit(msg: protocol.Message) -> None:
-        # Only the event loop's thread writes, so lines never interleave.
-        out.write(protocol.encode(msg))
-        out.flush()
+        # Only the event loop's thread writes, so lines never interleave. A broken
+        # pipe means that the API process is gone: stdin closes too, and we stop.
+        with contextlib.suppress(BrokenPipeError, ValueError):
+            out.write(protocol.encode(msg))
+            out.flush()
 
     def sink(job_id: str, progress: int, preview: bytes | None) -> None:
         loop.call_soon_threadsafe(emit, protocol.Progress(job_id, progress, preview))
@@ -57,19 +64,39 @@ async def serve_stdio(settings: Settings) -> None:
     )
     queue: asyncio.Queue[str] = asyncio.Queue()
 
+    def report(job_id: str, ended: asyncio.Future[dict[str, str]]) -> None:
+        if ended.cancelled():
+            return  # abandoned at shutdown: handed back
+        if ended.exception() is not None:
+            log.error("job %s: its end is unknown", job_id, exc_info=ended.exception())
+            emit(protocol.Done(job_id, "error"))
+            return
+        statuses = ended.result()
+        for other, status in statuses.items():
+            if other != job_id:
+                emit(protocol.Done(other, status))
+        emit(protocol.Done(job_id, statuses[job_id]))
+
     async def work() -> None:
         # One job at a time from the dispatcher (so that jobs which cannot share a
         # batch go to idle workers); the runner gathers the compatible waiting ones.
         while True:
             job_id = await queue.get()
-            statuses = await runner.run_with_batch(job_id)
+            try:
+                batch = await runner.start_with_batch(job_id)
+            except Exception:
+                # The database or the engine's batch key failed before any engine
+                # call: the job is still waiting, and the reconciler sends it again.
+                log.exception("job %s could not be started", job_id)
+                emit(protocol.Free(job_id))
+                emit(protocol.Done(job_id, "error"))
+                continue
             await runner.exit_if_stuck()
-            # The job that was sent comes last: its Done makes this worker idle, and
-            # by then the dispatcher knows that the others need no sending.
-            for other, status in statuses.items():
-                if other != job_id:
-                    emit(protocol.Done(other, status))
-            emit(protocol.Done(job_id, statuses[job_id]))
+            batch.ended.add_done_callback(functools.partial(report, job_id))
+            # The engine is free: the next job may come while this one is delivered,
+            # once the deliveries under way leave room (backpressure).
+            await runner.room()
+            emit(protocol.Free(job_id, tuple(i for i in batch.job_ids if i != job_id)))
 
     worker_task = asyncio.create_task(work())
     emit(protocol.Hello(owner=runner.owner, engine=engine.name))
@@ -83,8 +110,10 @@ async def serve_stdio(settings: Settings) -> None:
     finally:
         runner.abandon_all()
         worker_task.cancel()
-        # The API process is gone (or stopping us): give the job back now rather
-        # than when its lease runs out.
+        # Images already made are delivered, if that is quick; then the API process
+        # is gone (or stopping us): give back what is left now rather than when
+        # its leases run out.
+        await runner.drain(DRAIN_S)
         await store.release_owner(runner.owner)
         await blobs.close()
         await db.dispose()

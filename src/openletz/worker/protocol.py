@@ -28,7 +28,8 @@ class Interrupt:
 @dataclass(frozen=True, slots=True)
 class Hello:
     """The worker is up and idle; ``owner`` is the name it claims jobs under. A worker
-    is sent one job at a time; to batch, it claims compatible waiting jobs itself."""
+    is sent one job at a time (the next once it says :class:`Free`); to batch, it
+    claims compatible waiting jobs itself."""
 
     owner: str
     engine: str
@@ -54,19 +55,34 @@ class Progress:
 
 
 @dataclass(frozen=True, slots=True)
+class Free:
+    """The engine is free for another job: the engine call of ``job`` (the job the
+    worker was sent) is over, or it was not claimed, and the deliveries under way
+    leave room for the next. Sent once per :class:`Run`; the job itself may still be
+    delivering, until its :class:`Done`. ``batch`` are the other jobs it took into
+    that call (or tried to: they are taken, or ended), which need no sending."""
+
+    job: str
+    batch: tuple[str, ...] = ()
+    kind: ClassVar[str] = "free"
+
+
+@dataclass(frozen=True, slots=True)
 class Done:
-    """A job's run is over: ``status`` is its end, or "skipped" when the claim found
-    it taken, finished or interrupted. The Done of the job the worker was sent makes
-    it idle again; the others are of jobs it claimed itself, for a batch."""
+    """A job's run is over: ``status`` is its end ("ready", "failed", "interrupted";
+    "lost": its lease passed to another; "skipped": the claim found it taken,
+    finished or interrupted; "error": its end could not be recorded, and recovery
+    retries it when its lease runs out). Jobs other than the one the worker was sent
+    are those it claimed itself, for a batch."""
 
     job: str
     status: str
     kind: ClassVar[str] = "done"
 
 
-Message = Run | Interrupt | Hello | ModelState | Progress | Done
+Message = Run | Interrupt | Hello | ModelState | Progress | Free | Done
 _KINDS: dict[str, type[Message]] = {
-    c.kind: c for c in (Run, Interrupt, Hello, ModelState, Progress, Done)
+    c.kind: c for c in (Run, Interrupt, Hello, ModelState, Progress, Free, Done)
 }
 
 
@@ -83,4 +99,6 @@ def decode(line: bytes) -> Message:
     cls = _KINDS[body.pop("kind")]
     if cls is Progress and body.get("preview") is not None:
         body["preview"] = base64.b64decode(body["preview"])
+    if cls is Free:
+        body["batch"] = tuple(body.get("batch", ()))
     return cls(**body)
