@@ -6,6 +6,12 @@ go to Redis, where every API server reads them; interruptions arrive on a
 Redis channel, so one sent to any API server stops the job within a step.
 The worker runs one task at a time in one process (the solo pool), which keeps
 its models warm in that process: it loads them before it takes its first job.
+
+A task ends, and its message is acknowledged, once the job's engine call is
+over: the delivery (versions, storing, the end) goes on in the worker's event
+loop while the next message is taken. From then on the database alone keeps the
+job: if the worker dies before the job's end is recorded, its lease runs out,
+recovery puts it back, and the reconciler sends it again.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ from typing import Any
 
 from celery import Celery, bootsteps
 from celery.exceptions import Reject
-from celery.signals import worker_init, worker_shutting_down
+from celery.signals import worker_init, worker_shutdown, worker_shutting_down
 from celery.worker.consumer import Consumer as CeleryConsumer
 
 from openletz.db import create_engine
@@ -37,7 +43,7 @@ from openletz.jobs.tables import utcnow
 from openletz.settings import Settings
 from openletz.storage.factory import make_blob_store
 from openletz.worker.embedded import worker_name
-from openletz.worker.runner import JobRunner
+from openletz.worker.runner import DRAIN_S, Batch, JobRunner
 
 log = logging.getLogger("openletz.worker")
 
@@ -110,14 +116,38 @@ class _Worker:
                 log.warning("interrupt channel lost (%s); reconnecting", exc)
                 await asyncio.sleep(1)
 
-    async def run(self, runner: JobRunner, job_id: str) -> dict[str, str]:
+    async def run(self, runner: JobRunner, job_id: str) -> Batch:
         """Run ``job_id`` with the waiting jobs that can share its batch (the broker
         hands a worker one message at a time; the others' messages come later, find
-        their jobs claimed, and do nothing). A stuck engine ends the process here,
-        before the message is acknowledged: its redelivery finds the job failed."""
-        statuses = await runner.run_with_batch(job_id)
+        their jobs claimed, and do nothing). Returns once the engine call is over
+        and the deliveries under way leave room for the next one, while this one's
+        goes on. A stuck engine ends the process here, before the message is
+        acknowledged: its redelivery finds the job failed."""
+        batch = await runner.start_with_batch(job_id)
         await runner.exit_if_stuck()
-        return statuses
+        batch.ended.add_done_callback(_log_ends)
+        await runner.room()
+        return batch
+
+    async def hand_back(self, batch: Batch | None = None, job_id: str = "") -> str:
+        """Stopping: generations stop at their next step, deliveries under way may
+        finish (``DRAIN_S`` at most), and every job this worker still holds is handed
+        back (its lease expired at once). Returns the end of ``job_id`` of ``batch``,
+        "lost" when it was not recorded."""
+        runner = self.runner
+        if runner is None:
+            return "lost"
+        runner.abandon_all()
+        await runner.drain(DRAIN_S)
+        try:
+            await self.store.release_owner(runner.owner)
+        except Exception:
+            log.exception("could not hand back this worker's jobs")
+        if batch is None or not batch.ended.done() or batch.ended.cancelled():
+            return "lost"
+        if batch.ended.exception() is not None:
+            return "lost"
+        return batch.ended.result().get(job_id, "lost")
 
     async def take_over(self, job_id: str, redelivered: bool) -> None:
         """Before the claim: a job that another worker holds, whose lease ran out,
@@ -153,11 +183,20 @@ class _Worker:
     def shutdown(self) -> None:
         self.stopping = True
         if self.runner is not None:
-            self.runner.abandon_all()
             try:
-                self.call(self.store.release_owner(self.runner.owner))
+                self.call(self.hand_back())
             except Exception:
                 log.exception("could not hand back this worker's jobs")
+
+
+def _log_ends(ended: asyncio.Future[dict[str, str]]) -> None:
+    if ended.cancelled():
+        log.warning("a delivery was abandoned (worker stopping); its jobs are handed back")
+    elif (error := ended.exception()) is not None:
+        log.error("a delivery failed", exc_info=error)
+    else:
+        for job_id, status in ended.result().items():
+            log.info("job %s: %s", job_id, status)
 
 
 class Consumer(CeleryConsumer):  # type: ignore[misc]
@@ -180,17 +219,24 @@ def build(settings: Settings, families: list[str]) -> Celery:
 
     @app.task(name=TASK, bind=True)  # type: ignore[untyped-decorator]
     def run_job(task: Any, job_id: str) -> str:
+        if worker.stopping:
+            # Taken after SIGTERM: it goes back for another worker.
+            raise Reject("worker stopping", requeue=True)
         runner = worker.ensure_started()
         redelivered = bool((task.request.delivery_info or {}).get("redelivered"))
         worker.call(worker.take_over(job_id, redelivered))
-        statuses: dict[str, str] = worker.call(worker.run(runner, job_id))
-        for other, status in statuses.items():
-            log.info("job %s: %s", other, status)
-        if worker.stopping and statuses[job_id] == "lost":
-            # Stopped mid-job (SIGTERM): the message goes back for another worker,
-            # which finds the job handed back (release_owner) and takes it.
-            raise Reject("worker stopping", requeue=True)
-        return statuses[job_id]
+        batch: Batch = worker.call(worker.run(runner, job_id))
+        if worker.stopping:
+            # Stopped during the engine call (SIGTERM). A job whose image is made is
+            # delivered first; one that is not ("lost"), or whose delivery did not
+            # finish, goes back: its message for another worker, which finds the job
+            # handed back (release_owner) and takes it.
+            status: str = worker.call(worker.hand_back(batch, job_id))
+            if status in ("lost", "error"):
+                raise Reject("worker stopping", requeue=True)
+            return status
+        # Acknowledged now; the job's end follows (logged as "job <id>: <status>").
+        return "generated"
 
     # Celery holds signal receivers by weak reference: these closures would be
     # collected as soon as build() returns, and never called.
@@ -220,6 +266,11 @@ def build(settings: Settings, families: list[str]) -> Celery:
 
     @worker_shutting_down.connect(weak=False)  # type: ignore[untyped-decorator]
     def _on_shutdown(**_: Any) -> None:
+        worker.shutdown()
+
+    @worker_shutdown.connect(weak=False)  # type: ignore[untyped-decorator]
+    def _on_stopped(**_: Any) -> None:
+        # However the worker stops, no delivery is cut short by the end of the process.
         worker.shutdown()
 
     return app
