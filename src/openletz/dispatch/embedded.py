@@ -21,6 +21,7 @@ import sys
 from dataclasses import dataclass, field
 
 from openletz.dispatch.base import Dispatcher
+from openletz.dispatch.models import aggregate
 from openletz.dispatch.reconcile import Reconciler
 from openletz.jobs.store import JobStore
 from openletz.live import LiveStore
@@ -41,6 +42,12 @@ class _Worker:
     #: those of ``jobs`` whose engine call is over (Free came, Done not yet)
     delivering: set[str] = field(default_factory=set)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    #: its engine's models: name -> (state, detail), all at start, then each change
+    models: dict[str, tuple[str, str | None]] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.owner or f"worker {self.index} (starting)"
 
     def send(self, msg: protocol.Message) -> None:
         assert self.proc.stdin is not None
@@ -57,7 +64,6 @@ class EmbeddedDispatcher(Dispatcher):
         self._queue: asyncio.Queue[str] = asyncio.Queue()
         self._queued: set[str] = set()
         self._idle: asyncio.Queue[_Worker] = asyncio.Queue()
-        self._models: dict[str, dict[str, str | None]] = {}
         self._workers: dict[int, _Worker] = {}
         self._running: dict[str, _Worker] = {}
         self._tasks: list[asyncio.Task[None]] = []
@@ -100,7 +106,7 @@ class EmbeddedDispatcher(Dispatcher):
             "busy": len(self._running),
             "delivering": sum(len(w.delivering) for w in self._workers.values()),
             "queued": len(self._queued),
-            "models": dict(self._models),
+            "models": aggregate({w.name: w.models for w in self._workers.values()}),
         }
 
     # -- workers --------------------------------------------------------------
@@ -149,7 +155,7 @@ class EmbeddedDispatcher(Dispatcher):
                     worker.owner, worker.engine = msg.owner, msg.engine
                     self._idle.put_nowait(worker)
                 elif isinstance(msg, protocol.ModelState):
-                    self._models[msg.model] = {"state": msg.state, "detail": msg.detail}
+                    worker.models[msg.model] = (msg.state, msg.detail)
         except (ValueError, KeyError):
             log.exception("worker %d sent a malformed message; restarting it", worker.index)
             worker.proc.kill()
@@ -159,6 +165,7 @@ class EmbeddedDispatcher(Dispatcher):
 
     async def _on_death(self, worker: _Worker, code: int) -> None:
         log.error("worker %d (pid %d) exited with code %s", worker.index, worker.proc.pid, code)
+        worker.models.clear()  # its models went with it
         # Every job it was sent and that has not ended, delivering ones included.
         sent = list(worker.jobs)
         for job_id in sent:

@@ -8,7 +8,7 @@ which must propagate out of :meth:`Engine.generate` at once (no decode).
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 
 from PIL import Image
@@ -84,6 +84,12 @@ class Engine(ABC):
             except (Interrupted, EngineError) as exc:
                 results.append(exc)
         return results
+
+    def model_states(self) -> Mapping[str, tuple[str, str | None]]:
+        """Each model this engine can run, with its state here (``missing``,
+        ``local``, ``loading``, ``ready`` or ``broken``) and the reason when broken.
+        An engine without models (the sandbox) has none."""
+        return {}
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release what :meth:`load` took."""

@@ -59,6 +59,10 @@ async def serve_stdio(settings: Settings) -> None:
     blobs = make_blob_store(settings)
     engine = make_engine(settings, on_model_state=model_state)
     await asyncio.to_thread(engine.load)
+    # Every model's state once (the changes during the load came before), then
+    # each change as it happens.
+    for name, (state, detail) in (await asyncio.to_thread(engine.model_states)).items():
+        emit(protocol.ModelState(name, state, detail))
     runner = JobRunner(
         owner=worker_name(), store=store, blobs=blobs, engine=engine, settings=settings, sink=sink
     )

@@ -38,7 +38,9 @@ class Hello:
 
 @dataclass(frozen=True, slots=True)
 class ModelState:
-    """A model of the worker's engine is ``loading``, ``ready``, ``broken`` or ``unloaded``."""
+    """A model of the worker's engine is ``missing``, ``local``, ``loading``, ``ready``,
+    ``broken`` (``detail``: why) or ``unloaded``. Each model's state is sent once after
+    the engine loads, then each change."""
 
     model: str
     state: str
