@@ -16,13 +16,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Sequence
 from typing import Any
 
+import orjson
 from celery import Celery
 from kombu.entity import Exchange, Queue
 
 from openletz.dispatch.base import Dispatcher
+from openletz.dispatch.models import aggregate
 from openletz.dispatch.reconcile import Reconciler
 from openletz.jobs.store import JobStore
 from openletz.settings import Settings
@@ -36,6 +39,16 @@ INTERRUPT_CHANNEL = "openletz:interrupt"
 # broker_connection_timeout): POST /images must not hang on a broker outage.
 _PUBLISH_RETRY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.5, "interval_max": 0.5}
 _DEAD_LETTERS_PER_READ = 100
+
+# Each worker (with a Redis) keeps a key ``<prefix>:worker:<name>`` holding its
+# queues and model states: refreshed this often and on each change, gone this
+# long after its worker stops refreshing it (deleted at once at a clean stop).
+WORKER_REFRESH_S = 10.0
+WORKER_TTL_S = 30
+
+
+def worker_key_prefix(settings: Settings) -> str:
+    return f"{settings.queue_prefix}:worker:"
 
 
 def queue_name(settings: Settings, family: str) -> str:
@@ -168,11 +181,52 @@ class CeleryDispatcher(Dispatcher):
         self._tasks: list[asyncio.Task[None]] = []
         self._declared: set[str] = set()
         self._dead_letters_declared = not self._amqp
+        #: what the workers last published (see ``_watch_workers``)
+        self._seen_workers: list[dict[str, Any]] = []
 
     async def start(self) -> None:
         # Neither waits for the broker: the API starts (and takes jobs) while it is down.
         self._tasks.append(asyncio.create_task(self._declare(), name="celery-declare"))
         self._tasks.append(asyncio.create_task(self._reconciler.run(), name="celery-reconcile"))
+        if self._redis is not None:
+            self._tasks.append(asyncio.create_task(self._watch_workers(), name="celery-workers"))
+
+    async def _watch_workers(self) -> None:
+        """Read the workers' keys now and then, for :meth:`describe` (which must not
+        wait on Redis)."""
+        from redis.exceptions import RedisError
+
+        while True:
+            try:
+                self._seen_workers = await self._read_workers()
+            except (RedisError, OSError) as exc:
+                log.warning("Redis: cannot read the workers' states (%s)", exc)
+            await asyncio.sleep(min(self._settings.reconcile_interval_s, WORKER_REFRESH_S / 2))
+
+    async def _read_workers(self) -> list[dict[str, Any]]:
+        pattern = worker_key_prefix(self._settings) + "*"
+        keys = [key async for key in self._redis.scan_iter(match=pattern, count=1000)]
+        found: list[dict[str, Any]] = []
+        for value in await self._redis.mget(keys) if keys else []:
+            if value is None:
+                continue  # expired meanwhile
+            try:
+                body = orjson.loads(value)
+                found.append(
+                    {
+                        "name": str(body["name"]),
+                        "queues": [str(q) for q in body["queues"]],
+                        "engine": str(body["engine"]),
+                        "at": float(body["at"]),
+                        "models": {
+                            str(m): (str(v["state"]), _text(v.get("detail")))
+                            for m, v in body["models"].items()
+                        },
+                    }
+                )
+            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
+                log.warning("Redis: a worker's state that cannot be read: %r", value[:200])
+        return sorted(found, key=lambda w: w["name"])
 
     async def _declare(self) -> None:
         while not self._dead_letters_declared:
@@ -331,7 +385,26 @@ class CeleryDispatcher(Dispatcher):
     def describe(self) -> dict[str, object]:
         broker = self._settings.broker_url
         shown = broker.split("@", 1)[-1] if "@" in broker else broker
-        return {"name": self.name, "broker": shown, "queues": sorted(self._declared)}
+        described: dict[str, object] = {
+            "name": self.name,
+            "broker": shown,
+            "queues": sorted(self._declared),
+        }
+        if self._redis is not None:
+            # As last read: a worker that stopped refreshing its key drops out.
+            now = time.time()
+            seen = [w for w in self._seen_workers if now - w["at"] < WORKER_TTL_S]
+            described["workers"] = [
+                {
+                    "name": w["name"],
+                    "queues": w["queues"],
+                    "engine": w["engine"],
+                    "age": round(max(0.0, now - w["at"]), 1),
+                }
+                for w in seen
+            ]
+            described["models"] = aggregate({w["name"]: w["models"] for w in seen})
+        return described
 
 
 class _DeadLetterReader:
@@ -371,6 +444,10 @@ class _DeadLetterReader:
 
     def close(self) -> None:
         self._conn.release()
+
+
+def _text(value: object) -> str | None:
+    return None if value is None else str(value)
 
 
 def _job_of(message: Any) -> str | None:

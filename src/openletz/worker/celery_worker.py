@@ -17,12 +17,14 @@ recovery puts it back, and the reconciler sends it again.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
 from concurrent.futures import Future
 from typing import Any
 
+import orjson
 from celery import Celery, bootsteps
 from celery.exceptions import Reject
 from celery.signals import worker_init, worker_shutdown, worker_shutting_down
@@ -32,9 +34,13 @@ from openletz.db import create_engine
 from openletz.dispatch.celery import (
     INTERRUPT_CHANNEL,
     TASK,
+    WORKER_REFRESH_S,
+    WORKER_TTL_S,
     declare_dead_letters,
     is_amqp,
     make_celery,
+    queue_name,
+    worker_key_prefix,
 )
 from openletz.engines.factory import make_engine
 from openletz.jobs.status import JobStatus
@@ -51,8 +57,12 @@ log = logging.getLogger("openletz.worker")
 class _Worker:
     """The long-lived part of a worker process, started before it consumes."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, queues: list[str] | None = None) -> None:
         self.settings = settings
+        self.queues = queues or []
+        #: its engine's models: name -> (state, detail), all at start, then each change
+        self.models: dict[str, tuple[str, str | None]] = {}
+        self._publisher: asyncio.Task[None] | None = None
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self._thread.start()
@@ -80,9 +90,21 @@ class _Worker:
             from openletz.live_redis import RedisLiveStore
 
             self.live = RedisLiveStore(settings.redis_url)
-        engine = make_engine(settings)
-        await asyncio.to_thread(engine.load)
         loop = asyncio.get_running_loop()
+        changed = asyncio.Event()
+
+        def model_state(name: str, state: str, detail: str | None) -> None:
+            def note() -> None:
+                self.models[name] = (state, detail)
+                changed.set()
+
+            loop.call_soon_threadsafe(note)
+
+        engine = make_engine(settings, on_model_state=model_state)
+        await asyncio.to_thread(engine.load)
+        # Every model's state once (the changes during the load came before), then
+        # each change as it happens.
+        self.models.update(await asyncio.to_thread(engine.model_states))
 
         def sink(job_id: str, progress: int, preview: bytes | None) -> None:
             if self.live is not None:
@@ -98,8 +120,49 @@ class _Worker:
         )
         if settings.redis_url:
             self._listener = asyncio.create_task(self._listen_for_interrupts(runner))
+            self._publisher = asyncio.create_task(
+                self._publish_state(runner.owner, engine.name, changed)
+            )
         log.info("worker %s ready (engine %s)", runner.owner, engine.name)
         return runner
+
+    async def _publish_state(self, name: str, engine: str, changed: asyncio.Event) -> None:
+        """Keep ``<prefix>:worker:<name>`` in Redis: this worker's queues and model
+        states, for the API servers' /health; refreshed every ``WORKER_REFRESH_S``
+        and at each change, it expires ``WORKER_TTL_S`` after the last refresh."""
+        import redis.asyncio as redis
+        from redis.exceptions import RedisError
+
+        client = redis.from_url(self.settings.redis_url)
+        key = worker_key_prefix(self.settings) + name
+        try:
+            while True:
+                changed.clear()
+                body = {
+                    "name": name,
+                    "queues": self.queues,
+                    "engine": engine,
+                    "models": {m: {"state": s, "detail": d} for m, (s, d) in self.models.items()},
+                    "at": time.time(),
+                }
+                try:
+                    await client.set(key, orjson.dumps(body), ex=WORKER_TTL_S)
+                except (RedisError, OSError) as exc:
+                    log.warning("Redis: this worker's state not published (%s)", exc)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(changed.wait(), WORKER_REFRESH_S)
+        finally:
+            # A clean stop: the API servers see it gone now, not when the key expires.
+            with contextlib.suppress(RedisError, OSError):
+                await client.delete(key)
+            await client.aclose()
+
+    async def _unpublish(self) -> None:
+        publisher, self._publisher = self._publisher, None
+        if publisher is not None:
+            publisher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await publisher
 
     async def _listen_for_interrupts(self, runner: JobRunner) -> None:
         import redis.asyncio as redis
@@ -187,6 +250,10 @@ class _Worker:
                 self.call(self.hand_back())
             except Exception:
                 log.exception("could not hand back this worker's jobs")
+            try:
+                self.call(self._unpublish())
+            except Exception:
+                log.exception("could not remove this worker's state from Redis")
 
 
 def _log_ends(ended: asyncio.Future[dict[str, str]]) -> None:
@@ -215,7 +282,7 @@ class Consumer(CeleryConsumer):  # type: ignore[misc]
 def build(settings: Settings, families: list[str]) -> Celery:
     app = make_celery(settings, families)
     app.conf.worker_consumer = f"{__name__}:Consumer"
-    worker = _Worker(settings)
+    worker = _Worker(settings, [queue_name(settings, f) for f in families or ["default"]])
 
     @app.task(name=TASK, bind=True)  # type: ignore[untyped-decorator]
     def run_job(task: Any, job_id: str) -> str:
