@@ -284,10 +284,12 @@ def models_list(server: str | None) -> None:
     """Each model: family, state, the slots it fills, and its source.
 
     STATE is missing (not on this machine) or local (on disk) as this machine
-    sees it; with --server, a model the server's workers are loading, have
-    loaded or could not load shows as loading, ready or broken (with the reason).
+    sees it; with --server, it is the state in the server's workers: ready when
+    one has it loaded, else loading, else broken (with the reason) when one could
+    not load it, else local or missing on their machines. Each worker's own state
+    follows the table.
     """
-    from openletz.engines.diffusers.availability import disk_state, installed
+    from openletz.engines.diffusers.availability import MODEL_STATES, disk_state, installed
 
     registry = _registry()
     remote, notes = _server_model_states(server) if server else ({}, [])
@@ -303,14 +305,24 @@ def models_list(server: str | None) -> None:
         click.echo(f"note: {note}")
     click.echo(f"{'MODEL':<18} {'FAMILY':<13} {'STATE':<8} {'SLOTS':<22} SOURCE")
     reasons: list[str] = []
+    per_worker: list[str] = []
     for name in registry.models:
         resolved = registry.get(name)
         state: str = disk_state(resolved)
         seen = remote.get(name) or {}
-        if seen.get("state") in ("loading", "ready", "broken"):
+        if seen.get("state") in MODEL_STATES:
             state = str(seen["state"])
             if state == "broken":
                 reasons.append(f"{name}: {seen.get('detail') or 'no reason given'}")
+        by_worker = seen.get("workers")
+        if isinstance(by_worker, dict) and by_worker:
+            per_worker.append(
+                f"{name}: "
+                + ", ".join(
+                    f"{worker} {s.get('state') if isinstance(s, dict) else s}"
+                    for worker, s in by_worker.items()
+                )
+            )
         used = ",".join(slots.get(name, [])) or "-"
         family = resolved.spec.family
         source = resolved.source.location + "".join(
@@ -320,6 +332,10 @@ def models_list(server: str | None) -> None:
     if reasons:
         click.echo("broken:")
         for line in reasons:
+            click.echo(f"  {line}")
+    if per_worker:
+        click.echo("in each worker:")
+        for line in per_worker:
             click.echo(f"  {line}")
 
 
@@ -343,11 +359,25 @@ def _server_model_states(url: str) -> tuple[dict[str, dict[str, Any]], list[str]
         return {}, [note + "; it loads none of these models"]
     states = dispatcher.get("models")
     if not isinstance(states, dict):
+        hint = (
+            " (its workers publish them through Redis: set OPENLETZ_REDIS_URL)"
+            if dispatcher.get("name") == "celery"
+            else ""
+        )
         return {}, [
             f"the server at {url} does not report its workers' models (dispatcher "
-            f"{dispatcher.get('name')}); states are this machine's only"
+            f"{dispatcher.get('name')}){hint}; states are this machine's only"
         ]
-    return states, []
+    notes = []
+    workers = dispatcher.get("workers")
+    if isinstance(workers, list):
+        shown = [
+            f"{w.get('name')} ({', '.join(w.get('queues') or [])})"
+            for w in workers
+            if isinstance(w, dict)
+        ]
+        notes.append(f"the server's workers: {', '.join(shown) or 'none'}")
+    return states, notes
 
 
 @models.command("check")

@@ -96,6 +96,45 @@ def test_list_with_a_server_shows_its_workers_states(registry: Path, offline_hub
     assert "broken:\n  gone: The model 'gone' could not be loaded: offline." in out
 
 
+def test_list_with_a_server_shows_the_aggregate_and_each_worker(
+    registry: Path, offline_hub: Path
+) -> None:
+    def each(**states: str) -> dict[str, Any]:
+        return {w: {"state": s, "detail": None} for w, s in states.items()}
+
+    models = {
+        "sd": {"state": "ready", "detail": None, "workers": each(a="local", b="ready")},
+        "sdxl": {"state": "missing", "detail": None, "workers": each(a="missing", b="missing")},
+        "flux": {"state": "local", "detail": None, "workers": each(a="local", b="unloaded")},
+    }
+    body = health(models)
+    body["dispatcher"] = {
+        "name": "celery",
+        "workers": [
+            {"name": "a", "queues": ["openletz.sd"], "engine": "diffusers", "age": 1.0},
+            {"name": "b", "queues": ["openletz.sd", "openletz.flux"], "engine": "diffusers"},
+        ],
+        "models": models,
+    }
+    with FakeServer(body) as url:
+        code, out = run(registry, "list", "--server", url)
+    assert code == 0, out
+    assert "note: the server's workers: a (openletz.sd), b (openletz.sd, openletz.flux)" in out
+    lines = out.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("MODEL"))
+    rows = {r[0]: r for r in (line.split() for line in lines[header + 1 :]) if len(r) >= 5}
+    assert rows["sd"][2] == "ready"
+    assert rows["sdxl"][2] == "missing"  # the workers' machines lack it, whatever this one has
+    assert rows["flux"][2] == "local"
+    assert rows["pixart_sigma"][2] == "local"  # not reported: this machine's view
+    each_worker = out.split("in each worker:\n", 1)[1].splitlines()
+    assert sorted(each_worker) == [
+        "  flux: a local, b unloaded",
+        "  sd: a local, b ready",
+        "  sdxl: a missing, b missing",
+    ]
+
+
 def test_list_with_a_server_says_what_it_cannot_tell(registry: Path, offline_hub: Path) -> None:
     with FakeServer(health(None, engine="sandbox")) as url:
         code, out = run(registry, "list", "--server", url)
@@ -104,7 +143,13 @@ def test_list_with_a_server_says_what_it_cannot_tell(registry: Path, offline_hub
     with FakeServer(health(None)) as url:
         code, out = run(registry, "list", "--server", url)
     assert code == 0
-    assert "does not report its workers' models (dispatcher embedded)" in out
+    assert "does not report its workers' models (dispatcher embedded);" in out
+    body = health(None)
+    body["dispatcher"]["name"] = "celery"
+    with FakeServer(body) as url:
+        code, out = run(registry, "list", "--server", url)
+    assert code == 0
+    assert "(dispatcher celery) (its workers publish them through Redis" in out
     code, out = run(registry, "list", "--server", "http://127.0.0.1:9")
     assert code == 1
     assert "cannot read http://127.0.0.1:9/health" in out
