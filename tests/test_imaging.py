@@ -172,6 +172,45 @@ def test_encode_quality_changes_size() -> None:
     )
 
 
+@pytest.mark.parametrize(
+    ("fmt", "mode", "save"),
+    [
+        ("jpeg", "RGB", {"quality": 85, "optimize": True, "progressive": False}),
+        ("jpeg", "L", {"quality": 85, "optimize": True, "progressive": False}),
+        ("png", "RGBA", {"compress_level": 3}),
+        ("png", "P", {"compress_level": 3}),
+    ],
+)
+def test_encode_gives_the_bytes_of_an_encode_into_a_buffer(
+    fmt: str, mode: str, save: dict[str, object]
+) -> None:
+    image = _picture(300, 200, mode)
+    buffer = io.BytesIO()
+    image.save(buffer, fmt.upper(), **save)
+    assert imaging.encode(image, fmt, quality=85) == buffer.getvalue()
+
+
+@pytest.mark.skipif(not imaging._MEMFD, reason="no anonymous memory files here")
+def test_jpeg_is_encoded_into_a_file_descriptor(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Pillow releases the GIL only while it encodes into a file descriptor: a worker's
+    # engine thread runs beside these encodes, and would otherwise wait for each.
+    targets: list[bool] = []
+    save = Image.Image.save
+
+    def spy(self: Image.Image, fp: object, *args: object, **kwargs: object) -> None:
+        fileno = getattr(fp, "fileno", None)
+        targets.append(callable(fileno) and isinstance(fileno(), int))
+        save(self, fp, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Image.Image, "save", spy)
+    imaging.render_versions(
+        _picture(700, 500), has_watermark=True, watermark_text="x", fmt="jpeg", quality=80
+    )
+    imaging.preview_jpeg(_picture(700, 500))
+    assert targets
+    assert all(targets)
+
+
 @pytest.mark.parametrize("fmt", ["gif", "JPEG", "jpg", ""])
 def test_unknown_format_is_refused(fmt: str) -> None:
     image = _picture(10, 10)

@@ -7,8 +7,10 @@ a Pillow image and returns a new image or bytes, so it can run in a worker threa
 from __future__ import annotations
 
 import io
+import os
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any
 
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
@@ -48,6 +50,28 @@ def _format(fmt: str) -> _Format:
     except KeyError:
         known = ", ".join(_FORMATS)
         raise ValueError(f"unknown image format {fmt!r} (expected one of: {known})") from None
+
+
+# Pillow holds the GIL while it encodes into a Python buffer (BytesIO), and releases
+# it while it encodes into a file descriptor. A worker encodes the last image's
+# versions while its engine's thread makes the next one, and that thread runs Python
+# between its kernels: encoded into a buffer, every JPEG would stop it for as long
+# as the encode takes. An anonymous in-memory file (Linux) is a file descriptor.
+_MEMFD = hasattr(os, "memfd_create")
+
+
+def _saved(image: Image.Image, pil_format: str, **params: Any) -> bytes:
+    """``image.save(..., pil_format, **params)`` as bytes, without holding the GIL
+    through the encode where the system allows (see ``_MEMFD``)."""
+    if _MEMFD:
+        fd = os.memfd_create("openletz-image", os.MFD_CLOEXEC)
+        with open(fd, "w+b") as file:
+            image.save(file, pil_format, **params)
+            file.seek(0)
+            return file.read()
+    buffer = io.BytesIO()
+    image.save(buffer, pil_format, **params)
+    return buffer.getvalue()
 
 
 def content_type(fmt: str) -> str:
@@ -177,20 +201,19 @@ def encode(image: Image.Image, fmt: str, *, quality: int) -> bytes:
     spec = _format(fmt)
     if not 1 <= quality <= 100:
         raise ValueError(f"quality must be within 1..100, not {quality}")
-    buffer = io.BytesIO()
     if spec.pil_name == "JPEG":
         source = image if image.mode in ("RGB", "L") else to_rgb(image)
-        source.save(buffer, "JPEG", quality=quality, optimize=True, progressive=False)
-    elif spec.pil_name == "WEBP":
+        return _saved(source, "JPEG", quality=quality, optimize=True, progressive=False)
+    if spec.pil_name == "WEBP":
         # method 4 (Pillow's default) costs about twice method 2 for a few percent of
         # size; these files are written once per job while a user waits.
         source = image if image.mode in ("RGB", "RGBA") else to_rgb(image)
+        buffer = io.BytesIO()
         source.save(buffer, "WEBP", quality=quality, method=2)
-    else:
-        # Level 3 is most of level 6's compression at a fraction of its time on
-        # photographic content, which barely compresses anyway.
-        image.save(buffer, "PNG", compress_level=3)
-    return buffer.getvalue()
+        return buffer.getvalue()
+    # Level 3 is most of level 6's compression at a fraction of its time on
+    # photographic content, which barely compresses anyway.
+    return _saved(image, "PNG", compress_level=3)
 
 
 def render_versions(
@@ -231,6 +254,4 @@ def preview_jpeg(image: Image.Image, max_side: int = 256, quality: int = 70) -> 
     # Called several times a second while a picture is being generated: BILINEAR
     # after an integer reduce is good enough for a thumbnail that lives a second.
     small = image.resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0)
-    buffer = io.BytesIO()
-    to_rgb(small).save(buffer, "JPEG", quality=quality)
-    return buffer.getvalue()
+    return _saved(to_rgb(small), "JPEG", quality=quality)
