@@ -194,6 +194,10 @@ def test_a_missing_model_fails_the_image_with_a_fix(
     models = health["dispatcher"]["models"]
     assert models["gone"]["state"] == "broken"
     assert models["sd"]["state"] == "ready"
+    # Every registry model, with each worker's own state (one worker loaded sd).
+    assert set(models) == {"sd", "sdxl", "pixart_sigma", "flux", "slow", "gone"}
+    assert "ready" in {w["state"] for w in models["sd"]["workers"].values()}
+    assert models["pixart_sigma"]["state"] in ("local", "ready")
 
 
 def test_models_list_shows_the_servers_model_states(
