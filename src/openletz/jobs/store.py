@@ -132,6 +132,35 @@ _WAITING = sa.or_(
     sa.and_(jobs.c.status == JobStatus.IN_PROGRESS.value, jobs.c.lease_owner.is_(None)),
 )
 
+# A claim lies between a worker's engine calls, on the path of every job: built once
+# (SQLAlchemy then reuses its compiled form) rather than built for every call.
+# On PostgreSQL a second claimer skips a row another one has locked instead of
+# queueing behind it to find it taken; SQLite writes one at a time anyway.
+_CLAIMABLE = (
+    sa.select(jobs.c.id)
+    .where(
+        jobs.c.id.in_(sa.bindparam("job_ids", expanding=True)),
+        _WAITING,
+        jobs.c.interrupt_requested.is_(False),
+    )
+    .with_for_update(skip_locked=True)
+)
+_CLAIM = (
+    jobs.update()
+    .where(jobs.c.id.in_(_CLAIMABLE), _WAITING)
+    .values(
+        status=JobStatus.IN_PROGRESS.value,
+        lease_owner=sa.bindparam("owner", type_=jobs.c.lease_owner.type),
+        lease_expires_at=sa.bindparam("expires", type_=jobs.c.lease_expires_at.type),
+        attempts=jobs.c.attempts + 1,
+        started_at=sa.func.coalesce(
+            jobs.c.started_at, sa.bindparam("started", type_=jobs.c.started_at.type)
+        ),
+        updated_at=sa.bindparam("now", type_=jobs.c.updated_at.type),
+    )
+    .returning(*jobs.c)
+)
+
 # A webhook is sent once its job has ended, and until it is delivered or given up.
 _ENDED = [s.value for s in JobStatus if s.is_terminal()]
 _WEBHOOK_PENDING = sa.and_(jobs.c.webhook_url.is_not(None), jobs.c.webhook_done_at.is_(None))
@@ -309,28 +338,15 @@ class JobStore:
         if not job_ids:
             return []
         now = utcnow()
-        # On PostgreSQL a second claimer skips a row another one has locked instead
-        # of queueing behind it to find it taken; SQLite writes one at a time anyway.
-        waiting = (
-            sa.select(jobs.c.id)
-            .where(jobs.c.id.in_(list(job_ids)), _WAITING, jobs.c.interrupt_requested.is_(False))
-            .with_for_update(skip_locked=True)
-        )
-        stmt = (
-            jobs.update()
-            .where(jobs.c.id.in_(waiting), _WAITING)
-            .values(
-                status=JobStatus.IN_PROGRESS.value,
-                lease_owner=owner,
-                lease_expires_at=now + timedelta(seconds=lease_s),
-                attempts=jobs.c.attempts + 1,
-                started_at=sa.func.coalesce(jobs.c.started_at, now),
-                updated_at=now,
-            )
-            .returning(*jobs.c)
-        )
+        values = {
+            "job_ids": list(job_ids),
+            "owner": owner,
+            "expires": now + timedelta(seconds=lease_s),
+            "started": now,
+            "now": now,
+        }
         async with self._engine.begin() as conn:
-            rows = (await conn.execute(stmt)).mappings().all()
+            rows = (await conn.execute(_CLAIM, values)).mappings().all()
         taken = {row["id"]: Job.from_row(row) for row in rows}
         return [taken[i] for i in dict.fromkeys(job_ids) if i in taken]
 
