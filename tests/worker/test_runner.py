@@ -445,3 +445,27 @@ async def test_a_delivery_that_outlives_the_drain_is_abandoned_and_handed_back(
     assert done.attempts == 2
     assert done.image_versions is not None
     assert all(key.endswith("-2.jpg") for key in done.image_versions.values())
+
+
+class _HalfSize(SandboxEngine):
+    """Leaves the last resize to its caller: its unresized images are half the size."""
+
+    def __init__(self) -> None:
+        super().__init__(duration_s=0, steps_per_quality=1)
+
+    def generate_unresized(self, request: GenerationRequest, on_step: StepCallback) -> Image.Image:
+        image = self.generate(request, on_step)
+        return image.resize((request.width // 2, request.height // 2))
+
+
+async def test_the_delivery_makes_the_last_resize_that_the_engine_left(
+    store: JobStore, engine: AsyncEngine, tmp_path: Path
+) -> None:
+    blobs = LocalBlobStore(tmp_path / "b", public_base_url="http://x", secret="s", url_ttl_s=60)
+    run = pipelined(store, blobs, _HalfSize())
+    job = await create(store, engine, width=96, height=72)
+    assert await run.run(job.id) == "ready"
+    done = await row(store, job.id)
+    assert done.image_versions is not None
+    with Image.open(blobs.path(done.image_versions["original"])) as original:
+        assert original.size == (96, 72)

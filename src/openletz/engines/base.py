@@ -85,6 +85,21 @@ class Engine(ABC):
                 results.append(exc)
         return results
 
+    def generate_unresized(self, request: GenerationRequest, on_step: StepCallback) -> Image.Image:
+        """:meth:`generate`, except that the image may come at another size with
+        (about) the requested aspect ratio, which the caller resizes to the request's
+        size (LANCZOS). A worker does that while it delivers the image, beside its
+        next engine call, so an engine that ends with a resize on the CPU (generated
+        near its model's native size) frees its device sooner. By default,
+        :meth:`generate`."""
+        return self.generate(request, on_step)
+
+    def generate_batch_unresized(
+        self, requests: Sequence[GenerationRequest], on_steps: Sequence[StepCallback]
+    ) -> list[Image.Image | BaseException]:
+        """:meth:`generate_batch` with images as :meth:`generate_unresized` gives them."""
+        return self.generate_batch(requests, on_steps)
+
     def model_states(self) -> Mapping[str, tuple[str, str | None]]:
         """Each model this engine can run, with its state here (``missing``,
         ``local``, ``loading``, ``ready`` or ``broken``) and the reason when broken.

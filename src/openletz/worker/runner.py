@@ -374,10 +374,14 @@ class JobRunner:
         loop = asyncio.get_running_loop()
         requests = [_request_of(run.job) for run in runs]
         on_steps = [self._step_callback(run, loop) for run in runs]
+        engine = self._engine
         try:
+            # Unresized: a last resize to the requested size is the delivery's to make,
+            # beside the next engine call (see Engine.generate_unresized).
             if len(runs) == 1:
-                return [await asyncio.to_thread(self._engine.generate, requests[0], on_steps[0])]
-            return await asyncio.to_thread(self._engine.generate_batch, requests, on_steps)
+                image = await asyncio.to_thread(engine.generate_unresized, requests[0], on_steps[0])
+                return [image]
+            return await asyncio.to_thread(engine.generate_batch_unresized, requests, on_steps)
         except Exception as exc:
             # One failure of the whole call is every job's failure.
             return [exc] * len(runs)
@@ -502,18 +506,22 @@ class JobRunner:
         self._report(job.id, DECODED)
         settings = self._settings
         fmt = settings.image_format
-        versions, preview = await asyncio.to_thread(
-            lambda: (
-                imaging.render_versions(
-                    image,
-                    has_watermark=job.has_watermark,
-                    watermark_text=settings.watermark_text,
-                    fmt=fmt,
-                    quality=settings.jpeg_quality,
-                ),
-                imaging.preview_jpeg(image, max_side=settings.preview_max_side),
+
+        def render() -> tuple[dict[str, bytes], bytes]:
+            final = image
+            size = (job.width, job.height)
+            if final.size != size:
+                final = final.resize(size, Image.Resampling.LANCZOS)
+            versions = imaging.render_versions(
+                final,
+                has_watermark=job.has_watermark,
+                watermark_text=settings.watermark_text,
+                fmt=fmt,
+                quality=settings.jpeg_quality,
             )
-        )
+            return versions, imaging.preview_jpeg(final, max_side=settings.preview_max_side)
+
+        versions, preview = await asyncio.to_thread(render)
         self._report(job.id, ENCODED)
         if flags.lease_lost.is_set():
             raise _LeaseLost

@@ -166,6 +166,29 @@ def test_refinement_adds_steps_at_high_quality(
     assert not engine.plan(request("sd", quality=3)).refine
 
 
+@pytest.mark.parametrize("refine", [False, True], ids=["native", "refined"])
+def test_unresized_images_are_those_before_the_last_resize(
+    tiny_folders: dict[str, Path], tmp_path: Path, refine: bool
+) -> None:
+    # A worker resizes them while it delivers, beside its next engine call.
+    registry = write_registry(tmp_path / "m.yaml", tiny_folders, refine=refine)
+    engine = DiffusersEngine(Registry.load(registry), device="cpu")
+    wanted = request("sd", quality=4, width=124, height=76)
+    plan = engine.plan(wanted)
+    assert plan.refine is refine
+    exact = engine.generate(wanted, lambda u: None)
+    unresized = engine.generate_unresized(wanted, lambda u: None)
+    # Refined at the requested size rounded down to multiples of 8, else as planned.
+    assert unresized.size == ((120, 72) if refine else (plan.width, plan.height))
+    assert exact.size == (124, 76)
+    resized = unresized.resize((124, 76), Image.Resampling.LANCZOS)
+    assert np.array_equal(pixels(resized), pixels(exact))
+    together = engine.generate_batch_unresized(
+        [wanted, request("sd", quality=4, width=124, height=76, seed=8)], [lambda u: None] * 2
+    )
+    assert [getattr(i, "size", None) for i in together] == [unresized.size] * 2
+
+
 def test_base_model_picks_a_model_by_name(engine: DiffusersEngine) -> None:
     assert engine.plan(request("sd", base_model="pixart_sigma")).model.name == "pixart_sigma"
     with pytest.raises(EngineError, match="no model named 'nope'"):

@@ -389,12 +389,35 @@ class DiffusersEngine(Engine):
             raise result
         return result
 
+    def generate_unresized(self, request: GenerationRequest, on_step: StepCallback) -> Image.Image:
+        (result,) = self.generate_batch_unresized([request], [on_step])
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
     def generate_batch(
         self, requests: Sequence[GenerationRequest], on_steps: Sequence[StepCallback]
     ) -> list[Image.Image | BaseException]:
         """One pipeline call for requests with equal :meth:`batch_key`. Each result
         is an image, or the exception that ended that request (``Interrupted``);
         an error of the whole call is raised."""
+        return self._generate_batch(requests, on_steps, exact=True)
+
+    def generate_batch_unresized(
+        self, requests: Sequence[GenerationRequest], on_steps: Sequence[StepCallback]
+    ) -> list[Image.Image | BaseException]:
+        """:meth:`generate_batch` without the last resize to the requested size (the
+        caller's to make): the images come at the planned size, or, refined, at the
+        requested size rounded down to multiples of 8."""
+        return self._generate_batch(requests, on_steps, exact=False)
+
+    def _generate_batch(
+        self,
+        requests: Sequence[GenerationRequest],
+        on_steps: Sequence[StepCallback],
+        *,
+        exact: bool,
+    ) -> list[Image.Image | BaseException]:
         plan = self.plan(requests[0])
         if any(self.plan(r).key != plan.key for r in requests[1:]):
             raise ValueError("generate_batch takes requests of one batch key only")
@@ -409,9 +432,12 @@ class DiffusersEngine(Engine):
         for i, request in enumerate(requests):
             if i in stopped:
                 continue
-            finals.append(
-                images[i].resize((request.width, request.height), Image.Resampling.LANCZOS)
-            )
+            if exact or plan.refine:  # the refining pass starts from the requested size
+                finals.append(
+                    images[i].resize((request.width, request.height), Image.Resampling.LANCZOS)
+                )
+            else:
+                finals.append(images[i])
         if plan.refine and finals:
             live = [i for i in range(len(requests)) if i not in stopped]
             finals = self._refine(
@@ -422,6 +448,7 @@ class DiffusersEngine(Engine):
                 [on_steps[i] for i in live],
                 stopped,
                 live,
+                exact=exact,
             )
         it = iter(finals)
         for i in range(len(requests)):
@@ -540,6 +567,8 @@ class DiffusersEngine(Engine):
         on_steps: Sequence[StepCallback],
         stopped: dict[int, BaseException],
         original_indices: Sequence[int],
+        *,
+        exact: bool,
     ) -> list[Image.Image]:
         """A second, gentle img2img pass at the requested size: the resize from the
         native size is smooth, the pass puts detail back at full resolution."""
@@ -593,6 +622,8 @@ class DiffusersEngine(Engine):
             refined = []
         for k, exc in remap.items():
             stopped[original_indices[k]] = exc
+        if not exact:
+            return [refined[k] for k in range(len(requests)) if k not in remap]
         return [
             refined[k].resize((r.width, r.height), Image.Resampling.LANCZOS)
             for k, r in enumerate(requests)
