@@ -11,7 +11,8 @@ serving   Images per second through the whole server (``openletz serve``, engine
           flatter it): N jobs (default 40) of the smallest API size, 520x520,
           submitted with K in flight (default 2), timed from the first POST to
           the last job seen "ready" in the database. The registry makes 64x64 in
-          1 step (the engine then resizes to 520x520), hasWatermark false, JPEG.
+          1 step (the worker resizes to 520x520 as it delivers), hasWatermark
+          false, JPEG.
           Baseline: the same count of bare pipeline calls in this process, at the
           size the server really generates,
           ``pipe(prompt, num_inference_steps=1, width=64, height=64, generator=...)``.
