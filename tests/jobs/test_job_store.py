@@ -1,43 +1,16 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from openletz.auth import Accounts
-from openletz.db import create_engine, migrate
+from openletz.db import create_engine
 from openletz.jobs.status import JobStatus
 from openletz.jobs.store import Job, JobStore, NewJob
 from openletz.jobs.tables import jobs, utcnow
-from tests._databases import database
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-async def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
-    async with database(request.param, tmp_path) as url:
-        yield url
-
-
-@pytest.fixture
-async def engine(db_url: str) -> AsyncIterator[AsyncEngine]:
-    eng = create_engine(db_url)
-    await migrate(eng)
-    yield eng
-    await eng.dispose()
-
-
-@pytest.fixture
-def store(engine: AsyncEngine) -> JobStore:
-    return JobStore(engine)
-
-
-@pytest.fixture
-async def user_id(engine: AsyncEngine) -> int:
-    return (await Accounts(engine).ensure_user("u")).id
 
 
 def new_job(user_id: int, prompt: str = "a lighthouse at dusk", **kw: object) -> NewJob:
