@@ -331,7 +331,11 @@ class JobRunner:
         finally:
             for end in ends:
                 end.cancel()
+            beats = [run.beat for run in runs if run.beat is not None]
             self._forget(runs)
+            # A heartbeat cancelled during its database call ends only once that call
+            # has cleaned up: wait for it, so that nothing of these jobs outlives them.
+            await asyncio.gather(*beats, return_exceptions=True)
 
     def _forget(self, runs: Sequence[_Run]) -> None:
         for run in runs:
