@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import io
+import sys
 
 import numpy as np
 import pytest
@@ -338,3 +339,45 @@ def test_to_rgb() -> None:
     assert imaging.to_rgb(rgb.convert("L")).mode == "RGB"
     clear = Image.new("RGBA", (4, 4), (10, 20, 30, 0))
     assert imaging.to_rgb(clear).getpixel((0, 0)) == (255, 255, 255)
+
+
+@pytest.mark.parametrize(
+    ("mode", "size", "target"),
+    [
+        ("RGB", (64, 64), (520, 520)),  # a tiny model's image, enlarged to the smallest size
+        ("RGB", (1080, 720), (640, 427)),
+        ("RGB", (520, 520), (240, 240)),
+        ("RGBA", (300, 200), (97, 61)),
+        ("RGB", (1024, 576), (1080, 607)),
+    ],
+)
+def test_resize_with_torch_is_pillows_bicubic(
+    monkeypatch: pytest.MonkeyPatch, mode: str, size: tuple[int, int], target: tuple[int, int]
+) -> None:
+    # A diffusers worker (torch loaded) resizes with torch's kernel; any other process
+    # with Pillow's. Both are the same antialiased bicubic filter.
+    pytest.importorskip("torch")
+    image = _picture(*size, mode)
+    with_torch = imaging.resize(image, target)
+    monkeypatch.delitem(sys.modules, "torch")
+    with_pillow = imaging.resize(image, target)
+    assert with_torch.size == with_pillow.size == target
+    assert with_torch.mode == with_pillow.mode == mode
+    diff = np.abs(np.asarray(with_torch, np.int16) - np.asarray(with_pillow, np.int16))
+    assert diff.max() <= 3
+    assert diff.mean() < 0.5
+
+
+def test_resize_does_not_import_torch(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The API process and a sandbox worker resize too, and never pay for torch.
+    monkeypatch.delitem(sys.modules, "torch", raising=False)
+    out = imaging.resize(_picture(50, 40), (120, 96))
+    assert out.size == (120, 96)
+    assert "torch" not in sys.modules
+
+
+def test_resize_to_the_same_size_is_a_copy() -> None:
+    image = _picture(30, 20)
+    out = imaging.resize(image, (30, 20))
+    assert out is not image
+    assert out.tobytes() == image.tobytes()

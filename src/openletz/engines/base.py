@@ -88,7 +88,7 @@ class Engine(ABC):
     def generate_unresized(self, request: GenerationRequest, on_step: StepCallback) -> Image.Image:
         """:meth:`generate`, except that the image may come at another size with
         (about) the requested aspect ratio, which the caller resizes to the request's
-        size (LANCZOS). A worker does that while it delivers the image, beside its
+        size (``imaging.resize``). A worker does that while it delivers the image, beside its
         next engine call, so an engine that ends with a resize on the CPU (generated
         near its model's native size) frees its device sooner. By default,
         :meth:`generate`."""

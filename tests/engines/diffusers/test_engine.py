@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from openletz import imaging
 from openletz.engines.base import EngineError, GenerationRequest, Interrupted, StepUpdate
 from openletz.engines.diffusers import tiny
 from openletz.engines.diffusers.engine import DiffusersEngine, plan_size
@@ -181,7 +182,7 @@ def test_unresized_images_are_those_before_the_last_resize(
     # Refined at the requested size rounded down to multiples of 8, else as planned.
     assert unresized.size == ((120, 72) if refine else (plan.width, plan.height))
     assert exact.size == (124, 76)
-    resized = unresized.resize((124, 76), Image.Resampling.LANCZOS)
+    resized = imaging.resize(unresized, (124, 76))
     assert np.array_equal(pixels(resized), pixels(exact))
     together = engine.generate_batch_unresized(
         [wanted, request("sd", quality=4, width=124, height=76, seed=8)], [lambda u: None] * 2

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from PIL import Image
 
+from openletz import imaging
 from openletz.engines.base import (
     Engine,
     EngineError,
@@ -433,9 +434,7 @@ class DiffusersEngine(Engine):
             if i in stopped:
                 continue
             if exact or plan.refine:  # the refining pass starts from the requested size
-                finals.append(
-                    images[i].resize((request.width, request.height), Image.Resampling.LANCZOS)
-                )
+                finals.append(imaging.resize(images[i], (request.width, request.height)))
             else:
                 finals.append(images[i])
         if plan.refine and finals:
@@ -598,7 +597,7 @@ class DiffusersEngine(Engine):
         kwargs.pop("width", None)
         kwargs.pop("height", None)
         kwargs.pop("use_resolution_binning", None)
-        kwargs["image"] = [im.resize((w8, h8), Image.Resampling.LANCZOS) for im in images]
+        kwargs["image"] = [imaging.resize(im, (w8, h8)) for im in images]
         kwargs["strength"] = refine.strength
         steps_list = [local_steps[i] for i in original_indices]
         try:
@@ -625,7 +624,7 @@ class DiffusersEngine(Engine):
         if not exact:
             return [refined[k] for k in range(len(requests)) if k not in remap]
         return [
-            refined[k].resize((r.width, r.height), Image.Resampling.LANCZOS)
+            imaging.resize(refined[k], (r.width, r.height))
             for k, r in enumerate(requests)
             if k not in remap
         ]
