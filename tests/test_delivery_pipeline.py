@@ -200,3 +200,73 @@ def test_a_cluster_worker_stopped_with_sigterm_while_delivering_ends_the_job_fir
     assert done["status"] == "ready", (done, first.log())
     row = _pg_rows(slow_cluster, [image_id])[image_id]
     assert (row["attempts"], row["lease_owner"]) == (1, None)
+
+
+# -- read-ahead ----------------------------------------------------------------------
+
+
+def _dispatcher(server: Server) -> dict[str, Any]:
+    body: dict[str, Any] = httpx.get(f"{server.base_url}/health").json()["dispatcher"]
+    return body
+
+
+def _until_running(client: httpx.Client, image_id: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while client.get(f"/images/{image_id}").json()["status"] != "in progress":
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+
+
+def test_a_busy_worker_is_sent_the_next_job_ahead(make_server: Callable[..., Server]) -> None:
+    # One worker: the second job goes to it while the first generates, waits there
+    # (still "new": not claimed), and starts as soon as the first's engine call ends.
+    server = make_server(sandbox_duration_s=1.5, workers=1, batch_max=1).start()
+    with server.client(server.create_key("u")) as client:
+        first = client.post("/images", json={**JOB, "seed": 1}).json()["id"]
+        _until_running(client, first)
+        second = client.post("/images", json={**JOB, "seed": 2}).json()["id"]
+        deadline = time.monotonic() + 5
+        while (state := _dispatcher(server))["ahead"] < 1:
+            assert time.monotonic() < deadline, state
+            time.sleep(0.02)
+        assert state["queued"] == 0
+        assert client.get(f"/images/{second}").json()["status"] == "new"
+        assert wait_for(client, first)["status"] == "ready"
+        assert wait_for(client, second)["status"] == "ready"
+    rows = server.job_rows([first, second])
+    assert rows[second]["attempts"] == 1
+    state = _dispatcher(server)
+    assert (state["busy"], state["ahead"], state["queued"]) == (0, 0, 0)
+
+
+def test_an_idle_worker_is_preferred_to_sending_ahead(
+    make_server: Callable[..., Server],
+) -> None:
+    server = make_server(sandbox_duration_s=1.5, workers=2, batch_max=1).start()
+    with server.client(server.create_key("u")) as client:
+        first = client.post("/images", json={**JOB, "seed": 1}).json()["id"]
+        _until_running(client, first)
+        second = client.post("/images", json={**JOB, "seed": 2}).json()["id"]
+        # The idle worker takes it at once: both generate side by side.
+        _until_running(client, second)
+        assert _dispatcher(server)["ahead"] == 0
+        assert client.get(f"/images/{first}").json()["status"] == "in progress"
+        assert wait_for(client, first)["status"] == "ready"
+        assert wait_for(client, second)["status"] == "ready"
+
+
+def test_no_job_is_sent_ahead_when_read_ahead_is_off(
+    make_server: Callable[..., Server],
+) -> None:
+    server = make_server(sandbox_duration_s=1.0, workers=1, batch_max=1, read_ahead=0).start()
+    with server.client(server.create_key("u")) as client:
+        first = client.post("/images", json={**JOB, "seed": 1}).json()["id"]
+        _until_running(client, first)
+        second = client.post("/images", json={**JOB, "seed": 2}).json()["id"]
+        deadline = time.monotonic() + 5
+        while (state := _dispatcher(server))["queued"] < 1:
+            assert time.monotonic() < deadline, state
+            time.sleep(0.02)
+        assert state["ahead"] == 0
+        assert wait_for(client, first)["status"] == "ready"
+        assert wait_for(client, second)["status"] == "ready"

@@ -221,6 +221,13 @@ class Settings(BaseSettings):
         description="Engine calls whose delivery (versions, storing, the end) may still "
         "run when a worker starts its next generation; 0 delivers each job first.",
     )
+    read_ahead: int = Field(
+        1,
+        ge=0,
+        le=4,
+        description="Jobs sent to a busy embedded worker, when no worker is idle, to "
+        "start as soon as its engine is free; 0 sends a worker nothing until it is.",
+    )
     sandbox_duration_s: float = Field(
         4.0, ge=0, description="Sandbox time per image at quality 2 (scales with quality)."
     )

@@ -8,7 +8,11 @@ dies, and reconciles with the database (waiting jobs, leases that expired) on a 
 
 A worker is idle when it says so (Hello, then Free after each job's engine call),
 which can be before the job it was sent has ended (Done): its delivery goes on
-in the worker while the engine makes the next image.
+in the worker while the engine makes the next image. When no worker is idle, a
+busy one may be sent the next job ahead (``OPENLETZ_READ_AHEAD``, one by
+default): it starts that job the moment its engine call ends, instead of telling
+this process and waiting for the answer, which would leave its engine idle for a
+round trip between every two jobs. An idle worker is always preferred.
 """
 
 from __future__ import annotations
@@ -44,6 +48,13 @@ class _Worker:
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     #: its engine's models: name -> (state, detail), all at start, then each change
     models: dict[str, tuple[str, str | None]] = field(default_factory=dict)
+    #: it said Hello: it takes jobs
+    ready: bool = False
+    #: jobs sent whose engine call is not over (no Free yet): 0 when idle, and
+    #: more than 1 when jobs were sent ahead
+    unfreed: int = 0
+    #: when it last became idle (the longest idle is sent the next job)
+    idle_since: float = 0.0
 
     @property
     def name(self) -> str:
@@ -63,7 +74,8 @@ class EmbeddedDispatcher(Dispatcher):
         self._live = live
         self._queue: asyncio.Queue[str] = asyncio.Queue()
         self._queued: set[str] = set()
-        self._idle: asyncio.Queue[_Worker] = asyncio.Queue()
+        #: set when a worker may have become able to take a job (Hello, Free)
+        self._takers = asyncio.Event()
         self._workers: dict[int, _Worker] = {}
         self._running: dict[str, _Worker] = {}
         self._tasks: list[asyncio.Task[None]] = []
@@ -105,6 +117,8 @@ class EmbeddedDispatcher(Dispatcher):
             "ready": sum(1 for w in self._workers.values() if w.owner is not None),
             "busy": len(self._running),
             "delivering": sum(len(w.delivering) for w in self._workers.values()),
+            # sent to a busy worker, to start when its engine call ends
+            "ahead": sum(max(0, w.unfreed - 1) for w in self._workers.values()),
             "queued": len(self._queued),
             "models": aggregate({w.name: w.models for w in self._workers.values()}),
         }
@@ -140,7 +154,10 @@ class EmbeddedDispatcher(Dispatcher):
                         self._queued.discard(other)
                     if msg.job in worker.jobs:
                         worker.delivering.add(msg.job)
-                    self._idle.put_nowait(worker)
+                    worker.unfreed = max(0, worker.unfreed - 1)
+                    if worker.unfreed == 0:
+                        worker.idle_since = asyncio.get_running_loop().time()
+                    self._takers.set()
                 elif isinstance(msg, protocol.Done):
                     if msg.job in worker.jobs:
                         worker.jobs.discard(msg.job)
@@ -153,7 +170,9 @@ class EmbeddedDispatcher(Dispatcher):
                         self._queued.discard(msg.job)
                 elif isinstance(msg, protocol.Hello):
                     worker.owner, worker.engine = msg.owner, msg.engine
-                    self._idle.put_nowait(worker)
+                    worker.ready, worker.unfreed = True, 0
+                    worker.idle_since = asyncio.get_running_loop().time()
+                    self._takers.set()
                 elif isinstance(msg, protocol.ModelState):
                     worker.models[msg.model] = (msg.state, msg.detail)
         except (ValueError, KeyError):
@@ -204,19 +223,31 @@ class EmbeddedDispatcher(Dispatcher):
             job_id = await self._queue.get()
             if job_id not in self._queued:
                 continue  # it ran in another job's batch meanwhile
-            worker = await self._idle.get()
-            if worker.proc.returncode is not None or self._workers.get(worker.index) is not worker:
-                # It died while idle; its replacement announces itself with Hello.
-                self._queue.put_nowait(job_id)
-                continue
+            worker = await self._taker()
             if job_id not in self._queued:
-                self._idle.put_nowait(worker)
                 continue
             self._queued.discard(job_id)
             worker.jobs.add(job_id)
+            worker.unfreed += 1
             self._running[job_id] = worker
             try:
                 worker.send(protocol.Run(job_id))
             except (ConnectionError, RuntimeError):
+                worker.unfreed -= 1
                 self._running.pop(job_id, None)
                 await self.enqueue(job_id)
+
+    async def _taker(self) -> _Worker:
+        """The worker to send the next job to: the one idle the longest or, when none
+        is idle, the busy one with the fewest jobs sent ahead, within
+        ``read_ahead``. Waits until there is one."""
+        while True:
+            self._takers.clear()
+            live = [
+                w
+                for w in self._workers.values()
+                if w.ready and w.proc.returncode is None and w.unfreed <= self._settings.read_ahead
+            ]
+            if live:
+                return min(live, key=lambda w: (w.unfreed, w.idle_since))
+            await self._takers.wait()
