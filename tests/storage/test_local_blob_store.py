@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import hashlib
 import hmac
 import os
@@ -325,3 +326,44 @@ async def test_put_many_stores_every_item(tmp_path: Path) -> None:
         assert await store.get(key) == data
     with pytest.raises(InvalidKey):
         await store.put_many({"../evil.jpg": b"x"}, "image/jpeg")
+
+
+async def test_put_many_writes_the_same_bytes_once(store: LocalBlobStore) -> None:
+    # A picture no larger than a version's box is that version unchanged: one file,
+    # and the other keys are links to it.
+    same = os.urandom(5000)
+    other = os.urandom(300)
+    items = {"job1/original-1.jpg": same, "job1/1920-1.jpg": same, "job1/96-1.jpg": other}
+    items["job1/640-1.jpg"] = same
+    await store.put_many(items, "image/jpeg")
+    for key, data in items.items():
+        assert await store.get(key) == data
+    inodes = {key: os.stat(store.path(key)).st_ino for key in items}
+    assert inodes["job1/original-1.jpg"] == inodes["job1/1920-1.jpg"] == inodes["job1/640-1.jpg"]
+    assert inodes["job1/96-1.jpg"] != inodes["job1/original-1.jpg"]
+    assert sorted(p.name for p in store.path("job1/96-1.jpg").parent.iterdir()) == sorted(
+        key.split("/")[1] for key in items
+    )  # no temporary names left behind
+    # Each name lives on its own: deleting one or replacing another leaves the rest.
+    await store.delete_many(["job1/original-1.jpg"])
+    await store.put("job1/1920-1.jpg", b"new", "image/jpeg")
+    assert await store.get("job1/640-1.jpg") == same
+    assert await store.get("job1/1920-1.jpg") == b"new"
+
+
+async def test_put_many_writes_copies_where_links_are_refused(
+    store: LocalBlobStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_links(src: object, dst: object) -> None:
+        raise OSError(errno.EPERM, "no hard links here")
+
+    monkeypatch.setattr(os, "link", no_links)
+    same = os.urandom(2000)
+    items = {"job2/original-1.jpg": same, "job2/1920-1.jpg": same}
+    await store.put_many(items, "image/jpeg")
+    for key, data in items.items():
+        assert await store.get(key) == data
+    assert (
+        os.stat(store.path("job2/original-1.jpg")).st_ino
+        != os.stat(store.path("job2/1920-1.jpg")).st_ino
+    )

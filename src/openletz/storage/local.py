@@ -7,6 +7,7 @@ import contextlib
 import errno
 import os
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -84,9 +85,44 @@ class LocalBlobStore(BlobStore):
     def _put_many_sync(self, items: Mapping[str, bytes]) -> None:
         # One thread and one sync of each folder for a job's versions, instead of a
         # thread and a folder sync per file: the folder holds them all.
-        folders = [self._put_sync(key, data, sync_folder=False) for key, data in items.items()]
+        folders: list[Path] = []
+        # A picture that fits a version's box is that version unchanged, and comes as
+        # the same bytes object: it is written once, and the other keys are hard
+        # links to that file (nothing here ever writes into a file in place, so
+        # they stay the same until one is replaced or deleted, on its own).
+        written: dict[int, Path] = {}
+        for key, data in items.items():
+            first = written.get(id(data))
+            if first is not None and (folder := self._link_sync(first, key)) is not None:
+                folders.append(folder)
+                continue
+            folder = self._put_sync(key, data, sync_folder=False)
+            written.setdefault(id(data), self.path(key))
+            folders.append(folder)
         for folder in dict.fromkeys(folders):
             _fsync_dir(folder)
+
+    def _link_sync(self, existing: Path, key: str) -> Path | None:
+        """``key`` as a hard link to ``existing``; ``None`` where the file system
+        has no hard links (the caller writes a copy instead)."""
+        path = self.path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.link")
+        try:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            os.link(existing, tmp)
+        except OSError as exc:
+            if exc.errno in (errno.EPERM, errno.EXDEV, errno.EMLINK, errno.ENOTSUP, errno.ENOSYS):
+                return None
+            raise
+        try:
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+        return path.parent
 
     def _put_sync(self, key: str, data: bytes, *, sync_folder: bool = True) -> Path:
         path = self.path(key)
