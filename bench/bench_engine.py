@@ -358,7 +358,6 @@ def bench_serving(args: argparse.Namespace, models: Models, budget: Budget) -> d
     quiet_imports()
     import torch
     from diffusers import StableDiffusionPipeline
-    from PIL import Image
 
     from openletz import imaging
 
@@ -390,7 +389,7 @@ def bench_serving(args: argparse.Namespace, models: Models, budget: Budget) -> d
                     generator=torch.Generator("cpu").manual_seed(i),
                 ).images[0]
             if with_imaging:
-                image = image.resize((API_SIZE, API_SIZE), Image.Resampling.LANCZOS)
+                image = imaging.resize(image, (API_SIZE, API_SIZE))
                 imaging.render_versions(
                     image, has_watermark=False, watermark_text="openletz", fmt="jpeg", quality=92
                 )

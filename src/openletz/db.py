@@ -6,6 +6,7 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
+import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Select, event, text
@@ -84,6 +85,25 @@ class SqliteReader:
 
     def close(self) -> None:
         self._conn.close()
+
+
+def sqlite_twin(engine: AsyncEngine) -> sa.Engine | None:
+    """A synchronous engine on ``engine``'s SQLite file, for writes made whole in one
+    thread: through aiosqlite, each step of a statement (begin, execute, fetch,
+    commit) is a hop to its connection's thread and back to the event loop, four
+    wake-ups of a loop that may be busy. ``None`` for other databases and in-memory
+    SQLite. The same file, the same pragmas, the same SQL: only the driver's
+    plumbing differs."""
+    if engine.dialect.name != "sqlite":
+        return None
+    path = engine.url.database
+    if not path or path == ":memory:":
+        return None
+    twin = sa.create_engine(
+        f"sqlite:///{path}", connect_args={"check_same_thread": False}, pool_size=4
+    )
+    event.listen(twin, "connect", _sqlite_pragmas)
+    return twin
 
 
 def create_sqlite_reader(engine: AsyncEngine) -> SqliteReader | None:

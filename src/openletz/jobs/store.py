@@ -7,9 +7,11 @@ read-then-write: the ``WHERE`` clause is the guard, ``RETURNING`` the answer.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 import uuid
+import weakref
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -18,7 +20,7 @@ from typing import Any, Literal
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from openletz.db import SqliteReader
+from openletz.db import SqliteReader, sqlite_twin
 from openletz.jobs.status import JobStatus, sources_of
 from openletz.jobs.tables import jobs, utcnow
 
@@ -166,6 +168,13 @@ _ENDED = [s.value for s in JobStatus if s.is_terminal()]
 _WEBHOOK_PENDING = sa.and_(jobs.c.webhook_url.is_not(None), jobs.c.webhook_done_at.is_(None))
 
 
+def _write_in_thread(
+    engine: sa.Engine, stmt: sa.Executable, values: dict[str, Any] | None
+) -> Sequence[sa.RowMapping]:
+    with engine.begin() as conn:
+        return conn.execute(stmt, values).mappings().all()
+
+
 class JobStore:
     def __init__(
         self,
@@ -186,11 +195,27 @@ class JobStore:
         self._reader = reader
         self._finished_ttl = finished_ttl_s
         self._finished: dict[str, tuple[float, Job]] = {}
+        self._sync: sa.Engine | Literal[False] | None = False
+
+    async def _write_rows(
+        self, stmt: sa.Executable, values: dict[str, Any] | None = None
+    ) -> Sequence[sa.RowMapping]:
+        twin = self._twin()
+        if twin is not None:
+            return await asyncio.to_thread(_write_in_thread, twin, stmt, values)
+        async with self._engine.begin() as conn:
+            return (await conn.execute(stmt, values)).mappings().all()
+
+    def _twin(self) -> sa.Engine | None:
+        if self._sync is False:
+            self._sync = sqlite_twin(self._engine)
+            if self._sync is not None:
+                weakref.finalize(self, self._sync.dispose)
+        return self._sync
 
     async def _one(self, stmt: sa.Executable) -> Job | None:
-        async with self._engine.begin() as conn:
-            row = (await conn.execute(stmt)).mappings().first()
-        return Job.from_row(row) if row is not None else None
+        rows = await self._write_rows(stmt)
+        return Job.from_row(rows[0]) if rows else None
 
     async def _ids(self, stmt: sa.Executable) -> list[str]:
         async with self._engine.begin() as conn:
@@ -345,8 +370,7 @@ class JobStore:
             "started": now,
             "now": now,
         }
-        async with self._engine.begin() as conn:
-            rows = (await conn.execute(_CLAIM, values)).mappings().all()
+        rows = await self._write_rows(_CLAIM, values)
         taken = {row["id"]: Job.from_row(row) for row in rows}
         return [taken[i] for i in dict.fromkeys(job_ids) if i in taken]
 
@@ -370,9 +394,8 @@ class JobStore:
             )
             .returning(jobs.c.interrupt_requested)
         )
-        async with self._engine.begin() as conn:
-            row = (await conn.execute(stmt)).first()
-        return (row is not None, bool(row[0]) if row is not None else False)
+        rows = await self._write_rows(stmt)
+        return (bool(rows), bool(rows[0]["interrupt_requested"]) if rows else False)
 
     async def finish(
         self,
