@@ -104,6 +104,8 @@ PROMPT = "a benchmark lighthouse at dusk"
 TERMINAL = ("ready", "failed", "interrupted")
 API_SIZE = 520  # the smallest size the API takes
 POLL_S = 0.003
+#: settings every server of this run gets (--engine-in-worker)
+COMMON_SETTINGS: dict[str, Any] = {}
 
 
 # -- setup ---------------------------------------------------------------------
@@ -189,7 +191,7 @@ def start_servers(
             models_file=registry,
             workers=1,
             image_format="jpeg",
-            **settings,
+            **{**COMMON_SETTINGS, **settings},
         )
         argv = [sys.executable, "-m", "openletz.cli", "serve", "--port", str(port)]
         proc = h.Proc([*argv, "--log-level", "warning"], env, data / "server.log", port)
@@ -1038,6 +1040,12 @@ def main() -> int:
     parser.add_argument("--preview-steps", type=int, default=5, help="preview: steps per run (5)")
     parser.add_argument("--preview-rounds", type=int, default=2, help="preview: rounds (2)")
     parser.add_argument(
+        "--engine-in-worker",
+        action="store_true",
+        help="run the servers' engine in the worker process (OPENLETZ_ENGINE_PROCESS=false), "
+        "as a comparison",
+    )
+    parser.add_argument(
         "--max-seconds",
         type=float,
         default=None,
@@ -1070,6 +1078,8 @@ def main() -> int:
     parser.add_argument("--target-batching", type=float, default=2.0)
     parser.add_argument("--target-preview", type=float, default=0.02)
     args = parser.parse_args()
+    if args.engine_in_worker:
+        COMMON_SETTINGS["engine_process"] = False
     h.ensure_venv()
     defaults: dict[str, Any] = {"jobs": 40, "rounds": 3, "batch_jobs": 16, "max_seconds": 170.0}
     if args.full_size:

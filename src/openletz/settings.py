@@ -186,6 +186,12 @@ class Settings(BaseSettings):
         pattern=r"^(auto|sandbox|diffusers|[\w.]+:\w+)$",
         description="auto, sandbox, diffusers, or package.module:factory.",
     )
+    engine_process: bool = Field(
+        True,
+        description="Run the diffusers engine in a process of its own beside each worker, "
+        "so that the worker's threads never hold up its Python; false runs it in the "
+        "worker process.",
+    )
     models_file: str = Field(
         "", description="The model registry (YAML); default: the one openletz ships."
     )

@@ -58,6 +58,15 @@ def make_engine(settings: Settings, on_model_state: Any = None) -> Engine:
         log.info("engine: %s (%s)", custom.name, choice.reason)
         return custom
     log.info("engine: %s (%s)", choice.name, choice.reason)
+    if choice.name == "diffusers" and settings.engine_process:
+        from openletz.engines.process import EngineProcess
+
+        _torch_for_imaging()
+        return EngineProcess(
+            settings.model_copy(update={"engine": "diffusers"}),
+            name="diffusers",
+            on_model_state=on_model_state,
+        )
     if choice.name == "diffusers":
         from openletz.engines.diffusers.engine import DiffusersEngine
         from openletz.engines.diffusers.registry import Registry
@@ -78,6 +87,17 @@ def make_engine(settings: Settings, on_model_state: Any = None) -> Engine:
         duration_s=settings.sandbox_duration_s,
         steps_per_quality=settings.sandbox_steps_per_quality,
     )
+
+
+def _torch_for_imaging() -> None:
+    """Load torch in this (the worker's) process, whose model runs in another, so
+    that ``imaging.resize`` uses torch's vectorised kernel for the delivery: one
+    thread, since the cores are the engine's."""
+    try:
+        import torch
+    except ImportError:
+        return
+    torch.set_num_threads(1)
 
 
 def workers_here(settings: Settings) -> int:

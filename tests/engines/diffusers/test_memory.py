@@ -137,7 +137,13 @@ def test_serve_gives_each_engine_its_share(
 
     def budget(**settings: Any) -> int:
         made = make_engine(
-            Settings(engine="diffusers", models_file=str(tiny_registry), device="cpu", **settings)
+            Settings(
+                engine="diffusers",
+                engine_process=False,
+                models_file=str(tiny_registry),
+                device="cpu",
+                **settings,
+            )
         )
         assert isinstance(made, DiffusersEngine)
         return made.memory_budget

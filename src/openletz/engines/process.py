@@ -1,0 +1,419 @@
+"""An engine in a process of its own, behind the same :class:`Engine` interface.
+
+A diffusers pipeline is Python between its kernels: hundreds of small calls per
+step, each taking Python's GIL again after its kernel. In the worker process,
+threads that deliver the last images (resizing, encoding, storing) and the event
+loop (the database, progress) take the GIL too, and every time they hold it the
+engine's thread waits: measured on two cores, the engine spent a third of each
+call waiting. In a process of its own, the engine waits for nothing but its
+device, and the worker's threads for nothing but the engine's answers.
+
+:class:`EngineProcess` starts ``python -m openletz.engines.process`` and speaks to
+it over two pipes (``multiprocessing.connection``: pickled messages). The child
+builds the real engine from the worker's settings and runs each call in its main
+thread. Each denoising step comes to the worker as a message, where the caller's
+``on_step`` runs, and the child waits for its verdict before the next step: an
+``Interrupted`` (or any exception) raised by ``on_step`` is raised in the child's
+step callback, so interruption stops a pipeline at the same step as in-process.
+Calls that need no pipeline (``batch_key``, ``model_states``) are answered at
+once, beside a running generation.
+
+If the child dies (a crash in a native library, the kernel's OOM killer), the
+calls under way fail with an ``EngineError`` that says so, and the next call
+starts a fresh child.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import os
+import pickle
+import queue
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from typing import Any
+
+from PIL import Image
+
+from openletz.engines.base import (
+    Engine,
+    EngineError,
+    GenerationRequest,
+    StepCallback,
+    StepUpdate,
+)
+from openletz.settings import Settings
+
+log = logging.getLogger(__name__)
+
+ModelStateCallback = Callable[[str, str, str | None], None]
+
+#: answered by the child's reader thread at once, even while a generation runs
+_QUICK = frozenset({"batch_key", "model_states"})
+#: the calls that take step callbacks: name -> whether they take a batch
+_GENERATIONS = {
+    "generate": False,
+    "generate_unresized": False,
+    "generate_batch": True,
+    "generate_batch_unresized": True,
+}
+
+
+def _picklable(exc: BaseException) -> BaseException:
+    """``exc`` if it survives pickling, else an ``EngineError`` that names it."""
+    try:
+        pickle.loads(pickle.dumps(exc))
+    except Exception:
+        return EngineError(f"{type(exc).__name__}: {exc}")
+    return exc
+
+
+# -- the worker's side ---------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class _Call:
+    """A call under way: what the reader thread received for it, in order (its steps,
+    then its answer), for the calling thread to handle."""
+
+    inbox: queue.SimpleQueue[tuple[Any, ...]] = field(default_factory=queue.SimpleQueue)
+
+
+class EngineProcess(Engine):
+    """The engine that ``settings`` name, run in a child process (see the module)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        name: str,
+        on_model_state: ModelStateCallback | None = None,
+    ) -> None:
+        self.name = name
+        self._settings = settings
+        self._on_model_state = on_model_state
+        self._lock = threading.Lock()  # the child's start and every send
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._send_conn: Connection | None = None
+        self._calls: dict[int, _Call] = {}
+        self._ids = itertools.count(1)
+        self._batches = False
+        self._closing = False
+
+    # -- Engine -------------------------------------------------------------------
+
+    @property
+    def batches(self) -> bool:
+        self._ensure_started()
+        return self._batches
+
+    def load(self) -> None:
+        self._ensure_started()
+        self._call("load", ())
+
+    def generate(self, request: GenerationRequest, on_step: StepCallback) -> Image.Image:
+        image: Image.Image = self._call("generate", (request,), [on_step])
+        return image
+
+    def generate_unresized(self, request: GenerationRequest, on_step: StepCallback) -> Image.Image:
+        image: Image.Image = self._call("generate_unresized", (request,), [on_step])
+        return image
+
+    def generate_batch(
+        self, requests: Sequence[GenerationRequest], on_steps: Sequence[StepCallback]
+    ) -> list[Image.Image | BaseException]:
+        out: list[Image.Image | BaseException] = self._call(
+            "generate_batch", (list(requests),), on_steps
+        )
+        return out
+
+    def generate_batch_unresized(
+        self, requests: Sequence[GenerationRequest], on_steps: Sequence[StepCallback]
+    ) -> list[Image.Image | BaseException]:
+        out: list[Image.Image | BaseException] = self._call(
+            "generate_batch_unresized", (list(requests),), on_steps
+        )
+        return out
+
+    def batch_key(self, request: GenerationRequest) -> Hashable | None:
+        key: Hashable | None = self._call("batch_key", (request,))
+        return key
+
+    def model_states(self) -> Mapping[str, tuple[str, str | None]]:
+        states: Mapping[str, tuple[str, str | None]] = self._call("model_states", ())
+        return states
+
+    def close(self) -> None:
+        with self._lock:
+            self._closing = True
+            proc, conn = self._proc, self._send_conn
+            self._proc = self._send_conn = None
+        if proc is None:
+            return
+        try:
+            if conn is not None:
+                conn.send(("close",))
+                conn.close()
+            proc.wait(timeout=30)
+        except (OSError, subprocess.TimeoutExpired):
+            proc.kill()
+            proc.wait()
+
+    @property
+    def pid(self) -> int | None:
+        """The child's process id, while it runs."""
+        proc = self._proc
+        return proc.pid if proc is not None and proc.poll() is None else None
+
+    # -- the child ----------------------------------------------------------------
+
+    def _ensure_started(self) -> None:
+        with self._lock:
+            if self._proc is not None and self._proc.poll() is None:
+                return
+            if self._closing:
+                raise EngineError("the engine is closed")
+            self._start()
+
+    def _start(self) -> None:
+        """Start the child and read its hello (the lock is held)."""
+        to_child_r, to_child_w = os.pipe()
+        from_child_r, from_child_w = os.pipe()
+        try:
+            proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "openletz.engines.process",
+                    str(to_child_r),
+                    str(from_child_w),
+                ],
+                pass_fds=(to_child_r, from_child_w),
+                stdin=subprocess.DEVNULL,
+            )
+        finally:
+            os.close(to_child_r)
+            os.close(from_child_w)
+        send = Connection(to_child_w, readable=False)
+        recv = Connection(from_child_r, writable=False)
+        try:
+            send.send(self._settings)
+            hello = recv.recv()
+        except (EOFError, OSError) as exc:
+            proc.kill()
+            code = proc.wait()
+            send.close()
+            recv.close()
+            raise EngineError(
+                f"the {self.name} engine's process did not start (exit code {code}); "
+                "the worker's log has its error"
+            ) from exc
+        _, self.name, self._batches = hello
+        self._proc, self._send_conn = proc, send
+        threading.Thread(
+            target=self._read, args=(proc, recv), name="engine-process-reader", daemon=True
+        ).start()
+        log.info("%s engine started in process %d", self.name, proc.pid)
+
+    def _send(self, msg: tuple[Any, ...]) -> None:
+        with self._lock:
+            conn = self._send_conn
+            if conn is None:
+                raise EngineError(f"the {self.name} engine's process is not running")
+            conn.send(msg)
+
+    def _call(
+        self, method: str, args: tuple[Any, ...], on_steps: Sequence[StepCallback] = ()
+    ) -> Any:
+        self._ensure_started()
+        call = _Call()
+        rid = next(self._ids)
+        self._calls[rid] = call
+        try:
+            try:
+                self._send(("call", rid, method, args))
+            except (OSError, ValueError) as exc:
+                raise EngineError(f"the {self.name} engine's process is gone: {exc}") from exc
+            # The steps' callbacks run here, in the calling thread, as they would
+            # in-process; the reader thread only sorts the messages.
+            while True:
+                kind, *rest = call.inbox.get()
+                if kind == "step":
+                    self._step(rid, on_steps, *rest)
+                elif kind == "result":
+                    return rest[0]
+                else:
+                    raise rest[0]
+        finally:
+            self._calls.pop(rid, None)
+
+    def _read(self, proc: subprocess.Popen[bytes], conn: Connection) -> None:
+        """The reader thread: answers, steps (their callbacks run here) and model
+        states, until the child's end, which fails the calls under way."""
+        try:
+            while True:
+                msg = conn.recv()
+                kind = msg[0]
+                if kind in ("step", "result", "error"):
+                    call = self._calls.get(msg[1])
+                    if call is not None:
+                        call.inbox.put((kind, *msg[2:]))
+                elif kind == "state" and self._on_model_state is not None:
+                    self._on_model_state(*msg[1:])
+        except (EOFError, OSError):
+            pass
+        finally:
+            conn.close()
+        code = proc.wait()
+        with self._lock:
+            if self._proc is proc:
+                self._proc = None
+                if self._send_conn is not None:
+                    self._send_conn.close()
+                self._send_conn = None
+            closing = self._closing
+        if not closing:
+            log.error("the %s engine's process %d ended (exit code %s)", self.name, proc.pid, code)
+        error = EngineError(
+            f"The {self.name} engine's process ended unexpectedly (exit code {code}); "
+            "it is started again for the next image."
+        )
+        for call in list(self._calls.values()):
+            call.inbox.put(("error", error))
+
+    def _step(
+        self,
+        rid: int,
+        on_steps: Sequence[StepCallback],
+        index: int,
+        step: int,
+        total: int,
+        preview: Image.Image | None,
+    ) -> None:
+        verdict: BaseException | None = None
+        if index < len(on_steps):
+            update = StepUpdate(step, total, (lambda: preview) if preview is not None else None)
+            try:
+                on_steps[index](update)
+            except BaseException as exc:  # whatever on_step raises, the engine gets
+                verdict = _picklable(exc)
+        # If the child is gone, the reader's end fails the call.
+        with contextlib.suppress(OSError, ValueError, EngineError):
+            self._send(("verdict", rid, index, verdict))
+
+
+# -- the child's side ----------------------------------------------------------------
+
+
+class _Child:
+    def __init__(self, engine: Engine, send: Connection) -> None:
+        self.engine = engine
+        self._send_conn = send
+        self._send_lock = threading.Lock()
+        self.calls: queue.SimpleQueue[tuple[int, str, tuple[Any, ...]] | None] = queue.SimpleQueue()
+        self._verdicts: dict[
+            tuple[int, int], tuple[threading.Event, list[BaseException | None]]
+        ] = {}
+
+    def send(self, msg: tuple[Any, ...]) -> None:
+        with self._send_lock:
+            self._send_conn.send(msg)
+
+    def answer(self, rid: int, method: str, args: tuple[Any, ...]) -> None:
+        try:
+            if method in _GENERATIONS:
+                on_steps = self._step_callbacks(rid, args)
+                fn = getattr(self.engine, method)
+                value = fn(args[0], on_steps if _GENERATIONS[method] else on_steps[0])
+                if isinstance(value, list):
+                    value = [_picklable(v) if isinstance(v, BaseException) else v for v in value]
+            else:
+                value = getattr(self.engine, method)(*args)
+        except BaseException as exc:
+            self.send(("error", rid, _picklable(exc)))
+            return
+        self.send(("result", rid, value))
+
+    def _step_callbacks(self, rid: int, args: tuple[Any, ...]) -> list[StepCallback]:
+        count = len(args[0]) if isinstance(args[0], list) else 1
+
+        def make(index: int) -> StepCallback:
+            def on_step(update: StepUpdate) -> None:
+                preview = update.preview() if update.preview is not None else None
+                done = threading.Event()
+                slot: list[BaseException | None] = [None]
+                self._verdicts[rid, index] = (done, slot)
+                self.send(("step", rid, index, update.step, update.total, preview))
+                done.wait()
+                if slot[0] is not None:
+                    raise slot[0]
+
+            return on_step
+
+        return [make(i) for i in range(count)]
+
+    def verdict(self, rid: int, index: int, exc: BaseException | None) -> None:
+        waiting = self._verdicts.pop((rid, index), None)
+        if waiting is not None:
+            waiting[1][0] = exc
+            waiting[0].set()
+
+
+def _child_main(read_fd: int, write_fd: int) -> None:
+    recv = Connection(read_fd, writable=False)
+    send = Connection(write_fd, readable=False)
+    settings: Settings = recv.recv()
+    logging.basicConfig(
+        level=os.environ.get("OPENLETZ_LOG_LEVEL", "INFO"),
+        format="%(asctime)s %(levelname)s [engine %(process)d] %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    from openletz.engines.factory import make_engine
+
+    child: _Child | None = None
+
+    def model_state(name: str, state: str, detail: str | None) -> None:
+        if child is not None:
+            child.send(("state", name, state, detail))
+
+    engine = make_engine(
+        settings.model_copy(update={"engine_process": False}), on_model_state=model_state
+    )
+    child = _Child(engine, send)
+    child.send(("hello", engine.name, engine.batches))
+
+    def read() -> None:
+        try:
+            while True:
+                msg = recv.recv()
+                if msg[0] == "call":
+                    _, rid, method, args = msg
+                    if method in _QUICK:
+                        child.answer(rid, method, args)
+                    else:
+                        child.calls.put((rid, method, args))
+                elif msg[0] == "verdict":
+                    child.verdict(*msg[1:])
+                elif msg[0] == "close":
+                    break
+        except (EOFError, OSError):
+            # The worker is gone without a word (killed, or it gave up on a stuck
+            # engine): nobody waits for what this process makes. It ends now, even
+            # in the middle of a generation.
+            os._exit(0)
+        child.calls.put(None)
+
+    threading.Thread(target=read, name="engine-process-commands", daemon=True).start()
+    while (item := child.calls.get()) is not None:
+        child.answer(*item)
+    engine.close()
+
+
+if __name__ == "__main__":
+    _child_main(int(sys.argv[1]), int(sys.argv[2]))
