@@ -62,6 +62,11 @@ Full size (--full-size; --device cuda, the default where there is a GPU)
               so that a CPU runs the whole path in a couple of minutes: a check
               of the code, not a measurement.
 
+--engine-in-worker
+    The servers run the engine in the worker process (OPENLETZ_ENGINE_PROCESS=
+    false) instead of a process of its own: run once with and once without to
+    see what the engine's own process is worth.
+
 How to read it
     Medians over alternating rounds; compare ratios between runs, not raw rates.
     The machine's noise shows in the min/max columns. On the CPU, this process
