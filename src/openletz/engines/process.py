@@ -31,6 +31,7 @@ import logging
 import os
 import pickle
 import queue
+import signal
 import subprocess
 import sys
 import threading
@@ -196,6 +197,9 @@ class EngineProcess(Engine):
                 ],
                 pass_fds=(to_child_r, from_child_w),
                 stdin=subprocess.DEVNULL,
+                # A worker's stdout may be its channel to the API process: whatever
+                # model code prints goes to the log (stderr) instead.
+                stdout=sys.stderr.fileno(),
             )
         finally:
             os.close(to_child_r)
@@ -366,6 +370,11 @@ class _Child:
 
 
 def _child_main(read_fd: int, write_fd: int) -> None:
+    # The worker decides when this process ends (its pipe closes, or it says
+    # "close"): a Ctrl-C in a terminal or a SIGTERM to the whole group stops the
+    # worker, which hands back its jobs, rather than failing them under it.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     recv = Connection(read_fd, writable=False)
     send = Connection(write_fd, readable=False)
     settings: Settings = recv.recv()

@@ -245,3 +245,42 @@ def test_in_process_when_asked(registry: Path) -> None:
         Settings(engine="diffusers", models_file=str(registry), device="cpu", engine_process=False)
     )
     assert isinstance(made, DiffusersEngine)
+
+
+def test_what_the_child_prints_goes_to_the_log_and_signals_leave_it_alone(
+    tmp_path: Path,
+) -> None:
+    # An embedded worker's stdout is its channel to the API process: nothing the
+    # engine prints may land there. A SIGTERM or Ctrl-C to the whole process group
+    # stops the worker, which then ends its engine; the engine does not end first.
+    import subprocess
+    import sys
+
+    script = tmp_path / "worker.py"
+    script.write_text(
+        "import os, signal, sys\n"
+        "from openletz.engines.base import GenerationRequest\n"
+        "from openletz.engines.process import EngineProcess\n"
+        "from openletz.settings import Settings\n"
+        "e = EngineProcess(Settings(engine='tests.fixtures.engines:chatty', "
+        "sandbox_duration_s=0), name='chatty')\n"
+        "e.load()\n"
+        "r = GenerationRequest('p', 64, 64, 1, 2, 3, 'default', seed=1)\n"
+        "e.generate(r, lambda u: None)\n"
+        "pid = e.pid\n"
+        "os.kill(pid, signal.SIGTERM)\n"
+        "os.kill(pid, signal.SIGINT)\n"
+        "import time; time.sleep(0.5)\n"
+        "print('image', e.generate(r, lambda u: None).size, e.pid == pid, flush=True)\n"
+        "e.close()\n"
+    )
+    done = subprocess.run(
+        [sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=Path(__file__).resolve().parents[3],
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "image (64, 64) True\n"
+    assert "chatty engine: generating" in done.stderr
