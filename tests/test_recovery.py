@@ -146,3 +146,33 @@ def test_a_hung_engine_fails_its_job_and_its_worker_is_replaced(
         assert rows[hung]["status"] == "failed"
         assert rows[hung]["attempts"] == 1
     assert "exited with code 70" in server.log()
+
+
+def test_a_hung_engine_in_its_own_process_is_replaced_and_the_worker_goes_on(
+    make_server: Callable[..., Server],
+) -> None:
+    # The same engine, run in a process of its own (as the diffusers engine is):
+    # the worker kills that process instead of ending itself, and its next job
+    # gets a fresh one.
+    server = make_server(
+        engine="tests.fixtures.engines:hang_in_process",
+        sandbox_duration_s=0.3,
+        job_timeout_s=1,
+        workers=1,
+    ).start()
+    with server.client(server.create_key("u")) as client:
+        (pid,) = server.worker_pids()
+        hung = client.post("/images", json={"prompt": "hang forever"}).json()["id"]
+        started = time.monotonic()
+        body = wait_for(client, hung, timeout=30)
+        assert body["status"] == "failed", body
+        assert time.monotonic() - started < 8
+        assert "timed out after 1 s" in body["progressMessage"]
+        assert "its engine's process was restarted" in body["progressMessage"]
+        healthy = client.post("/images", json={"prompt": "healthy"}).json()["id"]
+        assert wait_for(client, healthy, timeout=60)["status"] == "ready"
+        assert server.worker_pids() == [pid]
+        assert server.job_rows([hung])[hung]["attempts"] == 1
+    log = server.log()
+    assert "exited with code" not in log
+    assert "stuck in a call" in log

@@ -106,5 +106,13 @@ class Engine(ABC):
         An engine without models (the sandbox) has none."""
         return {}
 
+    def abandon(self) -> bool:
+        """Give up on the call under way, which neither returned nor stopped at a
+        step long past the job's timeout (a driver call that hangs). An engine that
+        can go on without it (its model runs in a process that can be replaced)
+        does so and returns True, and that call then ends with an error; by default
+        False: a thread cannot be stopped, so the worker process ends."""
+        return False
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release what :meth:`load` took."""

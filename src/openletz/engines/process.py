@@ -150,6 +150,16 @@ class EngineProcess(Engine):
         states: Mapping[str, tuple[str, str | None]] = self._call("model_states", ())
         return states
 
+    def abandon(self) -> bool:
+        """Kill the child, whatever it is doing: the call under way fails, and the
+        next call starts a fresh child (its models load again)."""
+        with self._lock:
+            proc = self._proc
+        if proc is not None and proc.poll() is None:
+            log.error("killing the %s engine's process %d, stuck in a call", self.name, proc.pid)
+            proc.kill()
+        return True
+
     def close(self) -> None:
         with self._lock:
             self._closing = True

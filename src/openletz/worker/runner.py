@@ -77,7 +77,12 @@ class _LeaseLost(Exception):
 
 
 class _Stuck(Exception):
-    """The engine neither returned nor stopped within the timeout and its grace."""
+    """The engine neither returned nor stopped within the timeout and its grace;
+    ``remedy`` says what became of it."""
+
+    def __init__(self, remedy: str) -> None:
+        super().__init__(remedy)
+        self.remedy = remedy
 
 
 @dataclass(slots=True)
@@ -366,13 +371,20 @@ class JobRunner:
             for run, outcome in zip(runs, generation.result(), strict=True):
                 _settle(run.outcome, outcome)
             return
-        self._stuck = True
         log.error("engine call of jobs %s did not stop after its timeout", [r.job.id for r in runs])
+        # An engine whose model runs in a process of its own kills that process and
+        # goes on (the call then ends with an error); any other leaves a thread that
+        # nothing but the end of this worker process stops.
+        if self._engine.abandon():
+            remedy = "its engine's process was restarted"
+        else:
+            self._stuck = True
+            remedy = "its worker was restarted"
         for run in runs:
             # Stop renewing its lease: the job is over, whatever the thread does.
             if run.beat is not None:
                 run.beat.cancel()
-            _settle(run.outcome, _Stuck())
+            _settle(run.outcome, _Stuck(remedy))
 
     async def _generate(self, runs: Sequence[_Run]) -> list[Outcome]:
         loop = asyncio.get_running_loop()
@@ -402,11 +414,11 @@ class JobRunner:
             if isinstance(outcome, BaseException):
                 raise outcome
             return await self._deliver(job, outcome, flags)
-        except _Stuck:
+        except _Stuck as stuck:
             return await self._fail(
                 job,
                 f"The image timed out after {self._settings.job_timeout_s:g} s and the "
-                "engine did not stop; its worker was restarted.",
+                f"engine did not stop; {stuck.remedy}.",
             )
         except Interrupted:
             if flags.lease_lost.is_set():
