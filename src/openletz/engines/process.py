@@ -106,6 +106,9 @@ class EngineProcess(Engine):
         self._ids = itertools.count(1)
         self._batches = False
         self._closing = False
+        #: the child's models that are in its memory (loading or ready), from its
+        #: reports: if it dies, they are gone with it
+        self._in_memory: set[str] = set()
 
     # -- Engine -------------------------------------------------------------------
 
@@ -278,8 +281,8 @@ class EngineProcess(Engine):
                     call = self._calls.get(msg[1])
                     if call is not None:
                         call.inbox.put((kind, *msg[2:]))
-                elif kind == "state" and self._on_model_state is not None:
-                    self._on_model_state(*msg[1:])
+                elif kind == "state":
+                    self._model_state(*msg[1:])
         except (EOFError, OSError):
             pass
         finally:
@@ -294,12 +297,23 @@ class EngineProcess(Engine):
             closing = self._closing
         if not closing:
             log.error("the %s engine's process %d ended (exit code %s)", self.name, proc.pid, code)
+            # Its models went with it: /health says so until the next child loads them.
+            for name in sorted(self._in_memory):
+                self._model_state(name, "unloaded", None)
         error = EngineError(
             f"The {self.name} engine's process ended unexpectedly (exit code {code}); "
             "it is started again for the next image."
         )
         for call in list(self._calls.values()):
             call.inbox.put(("error", error))
+
+    def _model_state(self, name: str, state: str, detail: str | None) -> None:
+        if state in ("loading", "ready"):
+            self._in_memory.add(name)
+        else:
+            self._in_memory.discard(name)
+        if self._on_model_state is not None:
+            self._on_model_state(name, state, detail)
 
     def _step(
         self,

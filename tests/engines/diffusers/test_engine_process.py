@@ -175,8 +175,10 @@ def test_quick_calls_are_answered_beside_a_generation(engine: EngineProcess) -> 
 
 
 def test_a_child_that_dies_fails_its_call_and_is_replaced(registry: Path) -> None:
+    states: list[tuple[str, str, str | None]] = []
     made = make_engine(
-        Settings(engine="diffusers", models_file=str(registry), device="cpu", cpu_threads=1)
+        Settings(engine="diffusers", models_file=str(registry), device="cpu", cpu_threads=1),
+        on_model_state=lambda *s: states.append(s),
     )
     assert isinstance(made, EngineProcess)
     try:
@@ -190,7 +192,14 @@ def test_a_child_that_dies_fails_its_call_and_is_replaced(registry: Path) -> Non
 
         with pytest.raises(EngineError, match="process ended unexpectedly"):
             made.generate(request(), kill)
+        # Its models went with it, and the health of the worker says so.
+        deadline = time.monotonic() + 10
+        while ("sd", "unloaded", None) not in states:
+            assert time.monotonic() < deadline, states
+            time.sleep(0.05)
+        states.clear()
         image = made.generate(request(), lambda u: None)  # a fresh child
+        assert ("sd", "ready", None) in states
         assert image.size == (96, 64)
         assert made.pid not in (None, first)
     finally:
