@@ -12,7 +12,8 @@ in the worker while the engine makes the next image. When no worker is idle, a
 busy one may be sent the next job ahead (``OPENLETZ_READ_AHEAD``, one by
 default): it starts that job the moment its engine call ends, instead of telling
 this process and waiting for the answer, which would leave its engine idle for a
-round trip between every two jobs. An idle worker is always preferred.
+round trip between every two jobs. An idle worker is always preferred, and
+nothing is sent ahead while a worker is starting.
 """
 
 from __future__ import annotations
@@ -239,15 +240,18 @@ class EmbeddedDispatcher(Dispatcher):
 
     async def _taker(self) -> _Worker:
         """The worker to send the next job to: the one idle the longest or, when none
-        is idle, the busy one with the fewest jobs sent ahead, within
-        ``read_ahead``. Waits until there is one."""
+        is idle and every worker is up, the busy one with the fewest jobs sent
+        ahead, within ``read_ahead``. While a worker is starting (or being
+        replaced), nothing is sent ahead: that worker is about to be idle, and a
+        job sent ahead would wait behind another instead. Waits until there is one."""
         while True:
             self._takers.clear()
-            live = [
-                w
-                for w in self._workers.values()
-                if w.ready and w.proc.returncode is None and w.unfreed <= self._settings.read_ahead
-            ]
-            if live:
-                return min(live, key=lambda w: (w.unfreed, w.idle_since))
+            up = [w for w in self._workers.values() if w.ready and w.proc.returncode is None]
+            idle = [w for w in up if w.unfreed == 0]
+            if idle:
+                return min(idle, key=lambda w: w.idle_since)
+            if len(up) >= self._settings.workers:
+                ahead = [w for w in up if w.unfreed <= self._settings.read_ahead]
+                if ahead:
+                    return min(ahead, key=lambda w: (w.unfreed, w.idle_since))
             await self._takers.wait()
