@@ -84,6 +84,8 @@ class _Call:
     then its answer), for the calling thread to handle."""
 
     inbox: queue.SimpleQueue[tuple[Any, ...]] = field(default_factory=queue.SimpleQueue)
+    #: the child it was sent to: only that child's end fails it
+    proc: subprocess.Popen[bytes] | None = None
 
 
 class EngineProcess(Engine):
@@ -193,6 +195,9 @@ class EngineProcess(Engine):
                 return
             if self._closing:
                 raise EngineError("the engine is closed")
+            if self._send_conn is not None:  # a child that died, its end not yet read
+                self._send_conn.close()
+                self._send_conn = None
             self._start()
 
     def _start(self) -> None:
@@ -248,13 +253,23 @@ class EngineProcess(Engine):
     def _call(
         self, method: str, args: tuple[Any, ...], on_steps: Sequence[StepCallback] = ()
     ) -> Any:
-        self._ensure_started()
         call = _Call()
         rid = next(self._ids)
         self._calls[rid] = call
         try:
             try:
-                self._send(("call", rid, method, args))
+                # Twice at most: a child found dead between the start and the send
+                # (its end just read) is replaced once more.
+                for attempt in range(2):
+                    self._ensure_started()
+                    with self._lock:
+                        if self._send_conn is None:
+                            if attempt == 0:
+                                continue
+                            raise EngineError(f"the {self.name} engine's process is not running")
+                        call.proc = self._proc
+                        self._send_conn.send(("call", rid, method, args))
+                        break
             except (OSError, ValueError) as exc:
                 raise EngineError(f"the {self.name} engine's process is gone: {exc}") from exc
             # The steps' callbacks run here, in the calling thread, as they would
@@ -305,7 +320,8 @@ class EngineProcess(Engine):
             "it is started again for the next image."
         )
         for call in list(self._calls.values()):
-            call.inbox.put(("error", error))
+            if call.proc is proc:
+                call.inbox.put(("error", error))
 
     def _model_state(self, name: str, state: str, detail: str | None) -> None:
         if state in ("loading", "ready"):
