@@ -116,7 +116,7 @@ def resize(image: Image.Image, size: tuple[int, int]) -> Image.Image:
     Every resize of a picture goes through here: the last one to the requested size
     and each version's. Where the process has torch loaded (a diffusers worker),
     torch's 8-bit kernel does it, five to seven times faster than Pillow (it is
-    vectorised) for the same filter, within two levels of Pillow's result; elsewhere
+    vectorised) for the same filter, within three levels of Pillow's result; elsewhere
     (the API, a sandbox worker) Pillow does, and torch is not imported for it.
     """
     if size == image.size:

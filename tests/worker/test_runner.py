@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from openletz import imaging
 from openletz.auth import Accounts
 from openletz.db import create_engine, migrate
 from openletz.engines.base import Engine, GenerationRequest, StepCallback, StepUpdate
@@ -455,17 +456,25 @@ class _HalfSize(SandboxEngine):
 
     def generate_unresized(self, request: GenerationRequest, on_step: StepCallback) -> Image.Image:
         image = self.generate(request, on_step)
-        return image.resize((request.width // 2, request.height // 2))
+        self.last = image.resize((request.width // 2, request.height // 2))
+        return self.last
 
 
 async def test_the_delivery_makes_the_last_resize_that_the_engine_left(
     store: JobStore, engine: AsyncEngine, tmp_path: Path
 ) -> None:
     blobs = LocalBlobStore(tmp_path / "b", public_base_url="http://x", secret="s", url_ttl_s=60)
-    run = pipelined(store, blobs, _HalfSize())
+    half = _HalfSize()
+    run = pipelined(store, blobs, half)
     job = await create(store, engine, width=96, height=72)
     assert await run.run(job.id) == "ready"
     done = await row(store, job.id)
     assert done.image_versions is not None
     with Image.open(blobs.path(done.image_versions["original"])) as original:
         assert original.size == (96, 72)
+    # The same resize as the engine's own generate() makes (imaging.resize).
+    made = settings()
+    expected = imaging.encode(
+        imaging.resize(half.last, (96, 72)), made.image_format, quality=made.jpeg_quality
+    )
+    assert blobs.path(done.image_versions["original"]).read_bytes() == expected

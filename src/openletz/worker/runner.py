@@ -527,7 +527,7 @@ class JobRunner:
             final = image
             size = (job.width, job.height)
             if final.size != size:
-                final = final.resize(size, Image.Resampling.LANCZOS)
+                final = imaging.resize(final, size)
             versions = imaging.render_versions(
                 final,
                 has_watermark=job.has_watermark,
