@@ -13,22 +13,8 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from openletz.auth import Accounts
 from openletz.db import create_engine, migrate, sqlite_twin
 from openletz.jobs.status import JobStatus
-from openletz.jobs.store import JobStore, NewJob
-
-
-def _new(user_id: int) -> NewJob:
-    return NewJob(
-        user_id=user_id,
-        prompt="p",
-        width=520,
-        height=520,
-        quality=2,
-        creativity=2,
-        has_watermark=False,
-        system_version=3,
-        mode="default",
-        seed=1,
-    )
+from openletz.jobs.store import JobStore
+from tests.jobs.test_job_store import new_job
 
 
 def test_only_a_sqlite_file_has_a_twin(tmp_path: Path) -> None:
@@ -58,7 +44,7 @@ async def test_writes_on_a_sqlite_file_run_in_one_thread_each(tmp_path: Path) ->
         seen.append((statement.split()[0], threading.get_ident()))
 
     loop_thread = threading.get_ident()
-    job = await store.create(_new(user))
+    job = await store.create(new_job(user))
     [claimed] = await store.claim_many([job.id], "w1", lease_s=30)
     assert claimed.status is JobStatus.IN_PROGRESS
     assert await store.heartbeat(job.id, "w1", 30, 40) == (True, False)

@@ -243,12 +243,16 @@ class EngineProcess(Engine):
         ).start()
         log.info("%s engine started in process %d", self.name, proc.pid)
 
-    def _send(self, msg: tuple[Any, ...]) -> None:
+    def _send(self, msg: tuple[Any, ...], call: _Call | None = None) -> bool:
+        """Send ``msg`` to the running child, and tie ``call`` to that child; False
+        if none runs (it died, and its end was just read)."""
         with self._lock:
-            conn = self._send_conn
-            if conn is None:
-                raise EngineError(f"the {self.name} engine's process is not running")
-            conn.send(msg)
+            if self._send_conn is None:
+                return False
+            if call is not None:
+                call.proc = self._proc
+            self._send_conn.send(msg)
+            return True
 
     def _call(
         self, method: str, args: tuple[Any, ...], on_steps: Sequence[StepCallback] = ()
@@ -260,16 +264,12 @@ class EngineProcess(Engine):
             try:
                 # Twice at most: a child found dead between the start and the send
                 # (its end just read) is replaced once more.
-                for attempt in range(2):
+                for _ in range(2):
                     self._ensure_started()
-                    with self._lock:
-                        if self._send_conn is None:
-                            if attempt == 0:
-                                continue
-                            raise EngineError(f"the {self.name} engine's process is not running")
-                        call.proc = self._proc
-                        self._send_conn.send(("call", rid, method, args))
+                    if self._send(("call", rid, method, args), call):
                         break
+                else:
+                    raise EngineError(f"the {self.name} engine's process is not running")
             except (OSError, ValueError) as exc:
                 raise EngineError(f"the {self.name} engine's process is gone: {exc}") from exc
             # The steps' callbacks run here, in the calling thread, as they would
@@ -286,8 +286,8 @@ class EngineProcess(Engine):
             self._calls.pop(rid, None)
 
     def _read(self, proc: subprocess.Popen[bytes], conn: Connection) -> None:
-        """The reader thread: answers, steps (their callbacks run here) and model
-        states, until the child's end, which fails the calls under way."""
+        """The reader thread: sorts answers and steps into their calls' inboxes and
+        reports model states, until the child's end, which fails its calls."""
         try:
             while True:
                 msg = conn.recv()
@@ -348,7 +348,7 @@ class EngineProcess(Engine):
             except BaseException as exc:  # whatever on_step raises, the engine gets
                 verdict = _picklable(exc)
         # If the child is gone, the reader's end fails the call.
-        with contextlib.suppress(OSError, ValueError, EngineError):
+        with contextlib.suppress(OSError, ValueError):
             self._send(("verdict", rid, index, verdict))
 
 

@@ -96,9 +96,9 @@ class LocalBlobStore(BlobStore):
             if first is not None and (folder := self._link_sync(first, key)) is not None:
                 folders.append(folder)
                 continue
-            folder = self._put_sync(key, data, sync_folder=False)
-            written.setdefault(id(data), self.path(key))
-            folders.append(folder)
+            path = self._put_sync(key, data, sync_folder=False)
+            written.setdefault(id(data), path)
+            folders.append(path.parent)
         for folder in dict.fromkeys(folders):
             _fsync_dir(folder)
 
@@ -125,6 +125,7 @@ class LocalBlobStore(BlobStore):
         return path.parent
 
     def _put_sync(self, key: str, data: bytes, *, sync_folder: bool = True) -> Path:
+        """Write ``key`` atomically; returns its file."""
         path = self.path(key)
         fd, tmp_name = _temp_file_in(path.parent)
         try:
@@ -141,7 +142,7 @@ class LocalBlobStore(BlobStore):
             raise
         if sync_folder:
             _fsync_dir(path.parent)
-        return path.parent
+        return path
 
     # -- reading ---------------------------------------------------------------
 
