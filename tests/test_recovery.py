@@ -6,6 +6,7 @@ import os
 import signal
 import time
 from collections.abc import Callable
+from typing import Any
 
 import httpx
 import pytest
@@ -116,18 +117,12 @@ def test_job_longer_than_the_timeout_fails_with_a_reason(
     assert "longer than 0.5 s" in body["progressMessage"]
 
 
-def test_a_hung_engine_fails_its_job_and_its_worker_is_replaced(
-    make_server: Callable[..., Server],
-) -> None:
-    # The engine never returns and never calls on_step: nothing inside the worker
-    # can stop it, so the job fails after its timeout and a grace (2 s at least),
-    # and the worker process exits to be replaced.
-    server = make_server(
-        engine="tests.fixtures.engines:hang",
-        sandbox_duration_s=0.3,
-        job_timeout_s=1,
-        workers=1,
-    ).start()
+def _hang_then_heal(
+    make_server: Callable[..., Server], engine: str
+) -> tuple[Server, int, str, dict[str, Any]]:
+    """A job whose engine hangs, then a healthy one: the server, its worker's pid
+    before, the hung job's id and its end as a client saw it."""
+    server = make_server(engine=engine, sandbox_duration_s=0.3, job_timeout_s=1, workers=1).start()
     with server.client(server.create_key("u")) as client:
         (pid,) = server.worker_pids()
         hung = client.post("/images", json={"prompt": "hang forever"}).json()["id"]
@@ -139,12 +134,22 @@ def test_a_hung_engine_fails_its_job_and_its_worker_is_replaced(
         assert body["progress"] < 100
         healthy = client.post("/images", json={"prompt": "healthy"}).json()["id"]
         assert wait_for(client, healthy, timeout=60)["status"] == "ready"
-        assert pid not in server.worker_pids()
-        # The failed job was sent again to the new worker (it was the old one's)
-        # and not run again: its claim found it ended.
-        rows = server.job_rows([hung])
-        assert rows[hung]["status"] == "failed"
-        assert rows[hung]["attempts"] == 1
+    return server, pid, hung, body
+
+
+def test_a_hung_engine_fails_its_job_and_its_worker_is_replaced(
+    make_server: Callable[..., Server],
+) -> None:
+    # The engine never returns and never calls on_step: nothing inside the worker
+    # can stop it, so the job fails after its timeout and a grace (2 s at least),
+    # and the worker process exits to be replaced.
+    server, pid, hung, _ = _hang_then_heal(make_server, "tests.fixtures.engines:hang")
+    assert pid not in server.worker_pids()
+    # The failed job was sent again to the new worker (it was the old one's)
+    # and not run again: its claim found it ended.
+    rows = server.job_rows([hung])
+    assert rows[hung]["status"] == "failed"
+    assert rows[hung]["attempts"] == 1
     assert "exited with code 70" in server.log()
 
 
@@ -154,25 +159,10 @@ def test_a_hung_engine_in_its_own_process_is_replaced_and_the_worker_goes_on(
     # The same engine, run in a process of its own (as the diffusers engine is):
     # the worker kills that process instead of ending itself, and its next job
     # gets a fresh one.
-    server = make_server(
-        engine="tests.fixtures.engines:hang_in_process",
-        sandbox_duration_s=0.3,
-        job_timeout_s=1,
-        workers=1,
-    ).start()
-    with server.client(server.create_key("u")) as client:
-        (pid,) = server.worker_pids()
-        hung = client.post("/images", json={"prompt": "hang forever"}).json()["id"]
-        started = time.monotonic()
-        body = wait_for(client, hung, timeout=30)
-        assert body["status"] == "failed", body
-        assert time.monotonic() - started < 8
-        assert "timed out after 1 s" in body["progressMessage"]
-        assert "its engine's process was restarted" in body["progressMessage"]
-        healthy = client.post("/images", json={"prompt": "healthy"}).json()["id"]
-        assert wait_for(client, healthy, timeout=60)["status"] == "ready"
-        assert server.worker_pids() == [pid]
-        assert server.job_rows([hung])[hung]["attempts"] == 1
+    server, pid, hung, body = _hang_then_heal(make_server, "tests.fixtures.engines:hang_in_process")
+    assert "its engine's process was restarted" in body["progressMessage"]
+    assert server.worker_pids() == [pid]
+    assert server.job_rows([hung])[hung]["attempts"] == 1
     log = server.log()
     assert "exited with code" not in log
     assert "stuck in a call" in log
