@@ -32,7 +32,9 @@ class StepUpdate:
     """One finished denoising step.
 
     ``preview`` renders the predicted final image at this step (small, RGB); it is
-    a function so that the caller pays for a preview only when it wants one.
+    a function so that the caller pays for a preview only when it wants one. Call
+    it within the step callback: once that has returned, the engine may have moved
+    on (an engine in another process makes it only while it waits at the step).
     """
 
     step: int  # steps finished, 1..total

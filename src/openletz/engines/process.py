@@ -15,6 +15,9 @@ thread. Each denoising step comes to the worker as a message, where the caller's
 ``on_step`` runs, and the child waits for its verdict before the next step: an
 ``Interrupted`` (or any exception) raised by ``on_step`` is raised in the child's
 step callback, so interruption stops a pipeline at the same step as in-process.
+A step's preview is made only when ``on_step`` asks for it (a worker wants a few
+a second, not one a step): the child makes it while it waits for the verdict, and
+sends it back. Every other step costs the child no preview and no device sync.
 Calls that need no pipeline (``batch_key``, ``model_states``) are answered at
 once, beside a running generation.
 
@@ -277,10 +280,10 @@ class EngineProcess(Engine):
             while True:
                 kind, *rest = call.inbox.get()
                 if kind == "step":
-                    self._step(rid, on_steps, *rest)
+                    self._step(call, rid, on_steps, *rest)
                 elif kind == "result":
                     return rest[0]
-                else:
+                elif kind == "error":
                     raise rest[0]
         finally:
             self._calls.pop(rid, None)
@@ -292,7 +295,7 @@ class EngineProcess(Engine):
             while True:
                 msg = conn.recv()
                 kind = msg[0]
-                if kind in ("step", "result", "error"):
+                if kind in ("step", "preview", "result", "error"):
                     call = self._calls.get(msg[1])
                     if call is not None:
                         call.inbox.put((kind, *msg[2:]))
@@ -333,20 +336,41 @@ class EngineProcess(Engine):
 
     def _step(
         self,
+        call: _Call,
         rid: int,
         on_steps: Sequence[StepCallback],
         index: int,
         step: int,
         total: int,
-        preview: Image.Image | None,
+        has_preview: bool,
     ) -> None:
         verdict: BaseException | None = None
+        live = True
+
+        def preview() -> Image.Image:
+            # The child waits at this step, for its verdict or this request: the
+            # next message of this call is the preview (or the child's end).
+            if not live:
+                raise RuntimeError("a step's preview can be made only in its step callback")
+            with contextlib.suppress(OSError, ValueError):
+                self._send(("preview", rid, index))
+            kind, *rest = call.inbox.get()
+            if kind == "preview":
+                made: Image.Image | BaseException = rest[0]
+                if isinstance(made, BaseException):
+                    raise made
+                return made
+            call.inbox.put((kind, *rest))  # the call's end: the caller's to see
+            raise EngineError(f"the {self.name} engine's process ended during a step")
+
         if index < len(on_steps):
-            update = StepUpdate(step, total, (lambda: preview) if preview is not None else None)
+            update = StepUpdate(step, total, preview if has_preview else None)
             try:
                 on_steps[index](update)
             except BaseException as exc:  # whatever on_step raises, the engine gets
                 verdict = _picklable(exc)
+            finally:
+                live = False
         # If the child is gone, the reader's end fails the call.
         with contextlib.suppress(OSError, ValueError):
             self._send(("verdict", rid, index, verdict))
@@ -361,9 +385,9 @@ class _Child:
         self._send_conn = send
         self._send_lock = threading.Lock()
         self.calls: queue.SimpleQueue[tuple[int, str, tuple[Any, ...]] | None] = queue.SimpleQueue()
-        self._verdicts: dict[
-            tuple[int, int], tuple[threading.Event, list[BaseException | None]]
-        ] = {}
+        #: (call, index) -> the messages for the step it waits at: preview requests,
+        #: then its verdict
+        self._at_step: dict[tuple[int, int], queue.SimpleQueue[tuple[str, Any]]] = {}
 
     def send(self, msg: tuple[Any, ...]) -> None:
         with self._send_lock:
@@ -389,24 +413,35 @@ class _Child:
 
         def make(index: int) -> StepCallback:
             def on_step(update: StepUpdate) -> None:
-                preview = update.preview() if update.preview is not None else None
-                done = threading.Event()
-                slot: list[BaseException | None] = [None]
-                self._verdicts[rid, index] = (done, slot)
-                self.send(("step", rid, index, update.step, update.total, preview))
-                done.wait()
-                if slot[0] is not None:
-                    raise slot[0]
+                inbox: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
+                self._at_step[rid, index] = inbox
+                has_preview = update.preview is not None
+                self.send(("step", rid, index, update.step, update.total, has_preview))
+                while True:
+                    kind, verdict = inbox.get()
+                    if kind == "verdict":
+                        break
+                    # Made here, in the pipeline's thread, while the pipeline waits.
+                    made: Image.Image | BaseException
+                    try:
+                        assert update.preview is not None
+                        made = update.preview()
+                    except Exception as exc:
+                        made = _picklable(exc)
+                    self.send(("preview", rid, made))
+                del self._at_step[rid, index]
+                if verdict is not None:
+                    raise verdict
 
             return on_step
 
         return [make(i) for i in range(count)]
 
-    def verdict(self, rid: int, index: int, exc: BaseException | None) -> None:
-        waiting = self._verdicts.pop((rid, index), None)
-        if waiting is not None:
-            waiting[1][0] = exc
-            waiting[0].set()
+    def to_step(self, rid: int, index: int, kind: str, value: Any = None) -> None:
+        """A verdict or a preview request, for the step callback that waits for it."""
+        inbox = self._at_step.get((rid, index))
+        if inbox is not None:
+            inbox.put((kind, value))
 
 
 def _child_main(read_fd: int, write_fd: int) -> None:
@@ -448,7 +483,11 @@ def _child_main(read_fd: int, write_fd: int) -> None:
                     else:
                         child.calls.put((rid, method, args))
                 elif msg[0] == "verdict":
-                    child.verdict(*msg[1:])
+                    _, rid, index, verdict = msg
+                    child.to_step(rid, index, "verdict", verdict)
+                elif msg[0] == "preview":
+                    _, rid, index = msg
+                    child.to_step(rid, index, "preview")
                 elif msg[0] == "close":
                     break
         except (EOFError, OSError):

@@ -15,7 +15,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from openletz.engines.base import EngineError, GenerationRequest, Interrupted, StepUpdate
+from openletz.engines.base import (
+    EngineError,
+    GenerationRequest,
+    Interrupted,
+    StepCallback,
+    StepUpdate,
+)
 from openletz.engines.diffusers.engine import DiffusersEngine
 from openletz.engines.diffusers.registry import Registry
 from openletz.engines.factory import make_engine
@@ -84,17 +90,54 @@ def test_it_makes_the_images_the_engine_makes_in_process(
     assert engine.pid is not None
     assert engine.pid != os.getpid()
     wanted = request()
+
+    def watch(steps: list[StepUpdate], previews: list[Image.Image]) -> StepCallback:
+        def on_step(update: StepUpdate) -> None:
+            steps.append(update)
+            if update.step == 2:
+                assert update.preview is not None
+                previews.append(update.preview())
+
+        return on_step
+
     steps: list[StepUpdate] = []
-    image = engine.generate(wanted, steps.append)
+    previews: list[Image.Image] = []
+    image = engine.generate(wanted, watch(steps, previews))
     assert image.size == (96, 64)
-    assert np.array_equal(pixels(image), pixels(local.generate(wanted, lambda u: None)))
+    local_previews: list[Image.Image] = []
+    assert np.array_equal(pixels(image), pixels(local.generate(wanted, watch([], local_previews))))
     assert [(u.step, u.total) for u in steps] == [(1, 3), (2, 3), (3, 3)]
-    preview = steps[0].preview
-    assert preview is not None
-    assert preview().mode == "RGB"
+    # The preview of step 2, made in the child when asked, is the one made in-process.
+    assert previews[0].mode == "RGB"
+    assert np.array_equal(pixels(previews[0]), pixels(local_previews[0]))
     unresized = engine.generate_unresized(wanted, lambda u: None)
     assert unresized.size == local.generate_unresized(wanted, lambda u: None).size
     assert engine.batch_key(wanted) == local.batch_key(wanted)
+
+
+def test_a_preview_is_made_only_when_its_step_callback_asks() -> None:
+    engine = EngineProcess(
+        Settings(engine="tests.fixtures.engines:counts_previews"), name="counts-previews"
+    )
+    try:
+        asked: list[Image.Image] = []
+
+        def on_step(update: StepUpdate) -> None:
+            assert update.preview is not None
+            if update.step == 3:
+                asked.append(update.preview())
+
+        image = engine.generate(request(), on_step)
+        assert image.getpixel((0, 0)) == (1, 0, 0)  # one made in the child: the one asked
+        assert [im.getpixel((0, 0)) for im in asked] == [(1, 0, 0)]
+        kept: list[StepUpdate] = []
+        engine.generate(request(), kept.append)
+        # Once its callback has returned, the child is past that step.
+        assert kept[0].preview is not None
+        with pytest.raises(RuntimeError, match="only in its step callback"):
+            kept[0].preview()
+    finally:
+        engine.close()
 
 
 def test_a_batch_equals_its_images_made_alone(engine: EngineProcess) -> None:
