@@ -114,6 +114,7 @@ class EngineProcess(Engine):
         #: the child's models that are in its memory (loading or ready), from its
         #: reports: if it dies, they are gone with it
         self._in_memory: set[str] = set()
+        self._starts = 0
 
     # -- Engine -------------------------------------------------------------------
 
@@ -241,6 +242,12 @@ class EngineProcess(Engine):
             ) from exc
         _, self.name, self._batches = hello
         self._proc, self._send_conn = proc, send
+        self._starts += 1
+        if self._starts > 1 and self._settings.preload_models.strip():
+            # A replacement loads the models the worker preloads, as the first child
+            # did when the worker started: before the next call, which waits for it.
+            # Nobody waits for this call's answer (an error of its own is logged there).
+            send.send(("call", next(self._ids), "load", ()))
         threading.Thread(
             target=self._read, args=(proc, recv), name="engine-process-reader", daemon=True
         ).start()

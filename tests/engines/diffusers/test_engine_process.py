@@ -250,6 +250,43 @@ def test_a_child_that_dies_fails_its_call_and_is_replaced(registry: Path) -> Non
     assert made.pid is None
 
 
+def test_a_replacement_child_loads_the_preloaded_models_before_any_job(
+    registry: Path,
+) -> None:
+    states: list[tuple[str, str, str | None]] = []
+    made = make_engine(
+        Settings(
+            engine="diffusers",
+            models_file=str(registry),
+            device="cpu",
+            cpu_threads=1,
+            preload_models="sd",
+        ),
+        on_model_state=lambda *s: states.append(s),
+    )
+    assert isinstance(made, EngineProcess)
+    try:
+        made.load()
+        assert made.model_states()["sd"][0] == "ready"
+        first = made.pid
+        assert first is not None
+        os.kill(first, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while ("sd", "unloaded", None) not in states:
+            assert time.monotonic() < deadline, states
+            time.sleep(0.05)
+        # No job: a quick call starts the replacement, which loads "sd" by itself.
+        made.model_states()
+        assert made.pid not in (None, first)
+        deadline = time.monotonic() + 60
+        while made.model_states()["sd"][0] != "ready":
+            assert time.monotonic() < deadline, states
+            time.sleep(0.1)
+        assert states[-1] == ("sd", "ready", None)
+    finally:
+        made.close()
+
+
 def test_the_child_ends_when_its_worker_is_gone(registry: Path, tmp_path: Path) -> None:
     # The worker may end without a word (kill -9, or giving up on a stuck engine):
     # the child notices its pipe close and ends too, even mid-generation.
