@@ -478,3 +478,40 @@ async def test_the_delivery_makes_the_last_resize_that_the_engine_left(
         imaging.resize(half.last, (96, 72)), made.image_format, quality=made.jpeg_quality
     )
     assert blobs.path(done.image_versions["original"]).read_bytes() == expected
+
+
+async def test_deliveries_render_on_a_few_threads_of_their_own(
+    store: JobStore, engine: AsyncEngine, blobs: LocalBlobStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # More rendering threads than cores only pass the GIL around: a batch's images
+    # are rendered on at most render_threads() threads, named for it.
+    names: set[str] = set()
+    under_way, most = 0, 0
+    lock = threading.Lock()
+    real = imaging.render_versions
+
+    def watched(*args: Any, **kwargs: Any) -> dict[str, bytes]:
+        nonlocal under_way, most
+        with lock:
+            under_way += 1
+            most = max(most, under_way)
+            names.add(threading.current_thread().name)
+        try:
+            time.sleep(0.05)
+            return real(*args, **kwargs)
+        finally:
+            with lock:
+                under_way -= 1
+
+    monkeypatch.setattr(imaging, "render_versions", watched)
+    monkeypatch.setattr("openletz.worker.runner.render_threads", lambda: 2)
+    lockstep = _Lockstep(duration_s=0.1, steps_per_quality=1)
+    run = runner(store, blobs, lockstep, Sink(), batch_max=8)
+    ids = [(await create(store, engine, seed=s)).id for s in range(8)]
+    try:
+        assert await asyncio.wait_for(run.run_batch(ids), 30) == dict.fromkeys(ids, "ready")
+    finally:
+        run.close()
+    assert most == 2
+    assert len(names) == 2
+    assert all(name.startswith("openletz-render") for name in names), names

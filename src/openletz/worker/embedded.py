@@ -121,6 +121,7 @@ async def serve_stdio(settings: Settings) -> None:
         await store.release_owner(runner.owner)
         await blobs.close()
         await db.dispose()
+        runner.close()
         engine.close()
 
 
