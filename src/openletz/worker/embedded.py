@@ -19,6 +19,7 @@ import os
 import secrets
 import socket
 import sys
+import threading
 
 from openletz.db import create_engine
 from openletz.engines.factory import make_engine
@@ -48,8 +49,16 @@ async def serve_stdio(settings: Settings) -> None:
             out.write(protocol.encode(msg))
             out.flush()
 
+    loop_thread = threading.get_ident()
+
     def sink(job_id: str, progress: int, preview: bytes | None) -> None:
-        loop.call_soon_threadsafe(emit, protocol.Progress(job_id, progress, preview))
+        msg = protocol.Progress(job_id, progress, preview)
+        if threading.get_ident() == loop_thread:
+            # The runner's own stages (decoded, encoded, stored): no need to wake
+            # the loop through its pipe to run this on the thread it runs on.
+            emit(msg)
+        else:
+            loop.call_soon_threadsafe(emit, msg)
 
     def model_state(name: str, state: str, detail: str | None) -> None:
         loop.call_soon_threadsafe(emit, protocol.ModelState(name, state, detail))
