@@ -93,6 +93,7 @@ import http.client
 import itertools
 import json
 import os
+import signal
 import sqlite3
 import statistics
 import subprocess
@@ -391,17 +392,27 @@ def bench_serving(args: argparse.Namespace, models: Models, budget: Budget) -> d
     pipe.set_progress_bar_config(disable=True)
 
     def beside(n: int, period_s: float) -> float:
-        """bare(n) while another process does one image's imaging every period_s."""
+        """Bare calls while another process does one image's imaging every period_s,
+        against bare calls alone: the ratio of their rates. The two alternate in
+        four slices of n / 4 calls (the other process stopped, then let go), so that
+        the machine's drift falls on both alike."""
         other = subprocess.Popen(
-            [sys.executable, "-c", _IMAGING_BESIDE, str(API_SIZE), str(period_s), "60"],
+            [sys.executable, "-c", _IMAGING_BESIDE, str(API_SIZE), str(period_s), "120"],
             stdin=subprocess.DEVNULL,
         )
+        alone_s = with_s = 0.0
+        part = max(1, n // 4)
         try:
-            time.sleep(0.3)  # its imports
-            return bare(n, False)
+            time.sleep(1.0)  # its imports
+            for _ in range(4):
+                other.send_signal(signal.SIGSTOP)
+                alone_s += part / bare(part, False)
+                other.send_signal(signal.SIGCONT)
+                with_s += part / bare(part, False)
         finally:
             other.kill()
             other.wait()
+        return alone_s / with_s
 
     def bare(n: int, with_imaging: bool) -> float:
         t0 = time.perf_counter()
@@ -428,7 +439,7 @@ def bench_serving(args: argparse.Namespace, models: Models, budget: Budget) -> d
         served: list[float] = []
         full: list[float] = []
         pipe_only: list[float] = []
-        shared: list[float] = []
+        shared: list[float] = []  # bare calls beside imaging / alone
         seed = 1000
         while budget.more(len(served), args.rounds):
             elapsed, _ = run_jobs(client, range(seed, seed + args.jobs), args.in_flight)
@@ -439,8 +450,8 @@ def bench_serving(args: argparse.Namespace, models: Models, budget: Budget) -> d
             shared.append(beside(args.jobs, 1 / pipe_only[-1]))
             print(
                 f"  round {len(served)}: server {served[-1]:.1f} img/s, bare pipe() "
-                f"{pipe_only[-1]:.1f}, bare pipe() + imaging {full[-1]:.1f}, bare pipe() "
-                f"beside imaging {shared[-1]:.1f}",
+                f"{pipe_only[-1]:.1f}, bare pipe() + imaging {full[-1]:.1f}; bare pipe() "
+                f"beside imaging / alone {shared[-1]:.3f}",
                 flush=True,
             )
     finally:
@@ -452,12 +463,11 @@ def bench_serving(args: argparse.Namespace, models: Models, budget: Budget) -> d
         stats_row("server (POST -> ready)", served),
         stats_row("bare pipe() calls (the baseline)", pipe_only),
         stats_row("bare pipe + resize + render_versions (context)", full),
-        stats_row("bare pipe beside another process's imaging (context)", shared),
     ]
     med = statistics.median
     ratio = med(served) / med(pipe_only)
     ratio_imaging = med(served) / med(full)
-    ceiling = med(shared) / med(pipe_only)
+    ceiling = med(shared)
     print()
     print(h.table(rows))
     print(
@@ -501,8 +511,9 @@ while time.monotonic() < until:
     big = imaging.resize(small, (size, size))
     imaging.render_versions(big, has_watermark=False, watermark_text="", fmt="jpeg", quality=92)
     imaging.preview_jpeg(big)
-    due += period
-    time.sleep(max(0.0, due - time.monotonic()))
+    # Never a burst to catch up (after a SIGSTOP): one image a period from now on.
+    due = max(due + period, time.monotonic())
+    time.sleep(due - time.monotonic())
 """
 
 
