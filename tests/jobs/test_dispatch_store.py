@@ -10,25 +10,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from openletz.db import create_engine
 from openletz.jobs.status import JobStatus
-from openletz.jobs.store import DEAD_LETTERED, Job, JobStore, NewJob
+from openletz.jobs.store import DEAD_LETTERED, Job, JobStore
 from openletz.jobs.tables import jobs, utcnow
+from tests.jobs.test_job_store import new_job
 
 
 async def _new(store: JobStore, user_id: int, prompt: str = "p") -> Job:
-    return await store.create(
-        NewJob(
-            user_id=user_id,
-            prompt=prompt,
-            width=512,
-            height=512,
-            quality=1,
-            creativity=2,
-            has_watermark=False,
-            system_version=3,
-            mode="default",
-            seed=1,
-        )
-    )
+    return await store.create(new_job(user_id, prompt))
 
 
 async def _set(engine: AsyncEngine, job_id: str, **values: object) -> None:

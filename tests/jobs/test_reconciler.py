@@ -1,48 +1,21 @@
 """The reconciler: what it sends again, when, how often, and who does it (SQLite and
-PostgreSQL, with a transport that only records what it is given)."""
+PostgreSQL: the fixtures of tests/jobs, with a transport that only records what it
+is given)."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from datetime import timedelta
-from pathlib import Path
 
-import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from openletz.auth import Accounts
-from openletz.db import create_engine, migrate
+from openletz.db import create_engine
 from openletz.dispatch.reconcile import Reconciler
-from openletz.jobs.store import JobStore, NewJob
+from openletz.jobs.store import JobStore
 from openletz.jobs.tables import jobs, utcnow
 from openletz.settings import Settings
-from tests._databases import database
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-async def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
-    async with database(request.param, tmp_path) as url:
-        yield url
-
-
-@pytest.fixture
-async def engine(db_url: str) -> AsyncIterator[AsyncEngine]:
-    eng = create_engine(db_url)
-    await migrate(eng)
-    yield eng
-    await eng.dispose()
-
-
-@pytest.fixture
-def store(engine: AsyncEngine) -> JobStore:
-    return JobStore(engine)
-
-
-@pytest.fixture
-async def user_id(engine: AsyncEngine) -> int:
-    return (await Accounts(engine).ensure_user("u")).id
-
+from tests.jobs.test_job_store import new_job
 
 SETTINGS = Settings(stale_new_s=10, max_attempts=3, max_queue_wait_s=600)
 
@@ -61,21 +34,7 @@ class Sent:
 
 
 async def _new(store: JobStore, user_id: int, prompt: str = "p") -> str:
-    job = await store.create(
-        NewJob(
-            user_id=user_id,
-            prompt=prompt,
-            width=512,
-            height=512,
-            quality=1,
-            creativity=2,
-            has_watermark=False,
-            system_version=3,
-            mode="default",
-            seed=1,
-        )
-    )
-    return job.id
+    return (await store.create(new_job(user_id, prompt))).id
 
 
 async def _age(
