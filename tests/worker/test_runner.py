@@ -515,3 +515,41 @@ async def test_deliveries_render_on_a_few_threads_of_their_own(
     assert most == 2
     assert len(names) == 2
     assert all(name.startswith("openletz-render") for name in names), names
+
+
+class _Entered(SandboxEngine):
+    """Records each call's seed as it enters, in the thread that makes it."""
+
+    def __init__(self) -> None:
+        super().__init__(duration_s=0.05, steps_per_quality=1)
+        self.entered: list[int] = []
+
+    def generate(self, request: GenerationRequest, on_step: StepCallback) -> Image.Image:
+        self.entered.append(request.seed)
+        return super().generate(request, on_step)
+
+
+async def test_a_delivery_renders_once_the_next_engine_call_has_begun(
+    store: JobStore, engine: AsyncEngine, blobs: LocalBlobStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The next job was waiting (sent ahead): its claim and its engine call go first,
+    # and the last image's rendering (which would hold both up) after.
+    entered = _Entered()
+    seen: list[list[int]] = []
+    real = imaging.render_versions
+
+    def watched(*args: Any, **kwargs: Any) -> dict[str, bytes]:
+        seen.append(list(entered.entered))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(imaging, "render_versions", watched)
+    run = pipelined(store, blobs, entered)
+    first, second = [await create(store, engine, seed=s) for s in (1, 2)]
+    # As a worker does with a job sent ahead: the next start follows at once (no
+    # task of its own, so nothing else runs in between).
+    a = await run.start_with_batch(first.id)
+    b = await run.start_with_batch(second.id)
+    assert await asyncio.wait_for(a.ended, 10) == {first.id: "ready"}
+    assert await asyncio.wait_for(b.ended, 10) == {second.id: "ready"}
+    # The first image was rendered after the second's call had begun.
+    assert seen[0] == [1, 2]

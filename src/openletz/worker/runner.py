@@ -64,6 +64,9 @@ STUCK_EXIT_CODE = 70
 #: abandons them (their jobs are then handed back: release_owner)
 DRAIN_S = 5.0
 
+#: the longest a delivery waits for the next engine call to begin before it renders
+_HANDOFF_WAIT_S = 0.25
+
 #: the most threads that render deliveries (resize, versions, preview). Pillow and
 #: torch let go of the GIL while they compute, so a thread a core keeps the cores
 #: busy; past a few, threads mostly pass the GIL to each other, and every pass is a
@@ -164,6 +167,8 @@ class JobRunner:
         self._deliveries: set[asyncio.Task[dict[str, str]]] = set()
         self._stuck = False
         self._render_pool: ThreadPoolExecutor | None = None
+        #: resolved once the engine call being started has begun (see start_batch)
+        self._starting: asyncio.Future[None] | None = None
 
     @property
     def batches(self) -> bool:
@@ -305,6 +310,20 @@ class JobRunner:
         Each job's end is recorded as soon as it is known: one interrupted at a
         step ends then, while the rest of its batch goes on."""
         await self.room()
+        loop = asyncio.get_running_loop()
+        # From here until its engine call has begun, the deliveries of earlier calls
+        # wait to render (see _deliver): the engine is idle until then.
+        starting: asyncio.Future[None] = loop.create_future()
+        self._starting = starting
+        try:
+            return await self._start_claimed(job_ids, starting)
+        finally:
+            if not starting.done():
+                starting.set_result(None)
+            if self._starting is starting:
+                self._starting = None
+
+    async def _start_claimed(self, job_ids: Sequence[str], starting: asyncio.Future[None]) -> Batch:
         statuses = dict.fromkeys(job_ids, "skipped")
         # A job this worker holds already (still delivering) is not claimed twice.
         wanted = [job_id for job_id in job_ids if job_id not in self._runs]
@@ -328,7 +347,7 @@ class JobRunner:
             run.beat = asyncio.create_task(self._heartbeat(run.job.id, run.flags))
         ends = [asyncio.create_task(self._end(run)) for run in runs]
         try:
-            await self._watch(runs)
+            await self._watch(runs, starting)
         except BaseException:
             for end in ends:
                 end.cancel()
@@ -381,11 +400,11 @@ class JobRunner:
                 self._progress.pop(run.job.id, None)
                 self._previews.pop(run.job.id, None)
 
-    async def _watch(self, runs: Sequence[_Run]) -> None:
+    async def _watch(self, runs: Sequence[_Run], starting: asyncio.Future[None]) -> None:
         """Run the engine and settle each job's outcome. Past the job timeout the
         generation is asked to stop at its next step; if it has not stopped after a
         grace, the engine is stuck: its jobs fail, and the worker is to exit."""
-        generation = asyncio.create_task(self._generate(runs))
+        generation = asyncio.create_task(self._generate(runs, starting))
         timeout = self._settings.job_timeout_s
         try:
             done, _ = await asyncio.wait({generation}, timeout=timeout)
@@ -416,18 +435,29 @@ class JobRunner:
                 run.beat.cancel()
             _settle(run.outcome, _Stuck(remedy))
 
-    async def _generate(self, runs: Sequence[_Run]) -> list[Outcome]:
+    async def _generate(
+        self, runs: Sequence[_Run], starting: asyncio.Future[None]
+    ) -> list[Outcome]:
         loop = asyncio.get_running_loop()
         requests = [_request_of(run.job) for run in runs]
         on_steps = [self._step_callback(run, loop) for run in runs]
         engine = self._engine
-        try:
+
+        def began() -> None:
+            if not starting.done():
+                starting.set_result(None)
+
+        def call() -> list[Outcome]:
+            with contextlib.suppress(RuntimeError):  # the event loop is closing
+                loop.call_soon_threadsafe(began)
             # Unresized: a last resize to the requested size is the delivery's to make,
             # beside the next engine call (see Engine.generate_unresized).
-            if len(runs) == 1:
-                image = await asyncio.to_thread(engine.generate_unresized, requests[0], on_steps[0])
-                return [image]
-            return await asyncio.to_thread(engine.generate_batch_unresized, requests, on_steps)
+            if len(requests) == 1:
+                return [engine.generate_unresized(requests[0], on_steps[0])]
+            return engine.generate_batch_unresized(requests, on_steps)
+
+        try:
+            return await loop.run_in_executor(None, call)
         except Exception as exc:
             # One failure of the whole call is every job's failure.
             return [exc] * len(runs)
@@ -567,6 +597,12 @@ class JobRunner:
             )
             return versions, imaging.preview_jpeg(final, max_side=settings.preview_max_side)
 
+        starting = self._starting
+        if starting is not None and not starting.done():
+            # The next engine call is being started (its claim, its thread): the
+            # engine waits for that, and this render would hold it up (the GIL, a
+            # core). A claim held up by the database does not hold this one long.
+            await asyncio.wait({starting}, timeout=_HANDOFF_WAIT_S)
         loop = asyncio.get_running_loop()
         versions, preview = await loop.run_in_executor(self._renderer(), render)
         self._report(job.id, ENCODED)
