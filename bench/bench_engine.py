@@ -22,10 +22,10 @@ serving   Images per second through the whole server (``openletz serve``, engine
           imaging work the worker does for every image; and
           ``bare_beside_imaging_ratio``: bare calls while another process does one
           image's imaging (resize, versions, preview) per bare call's time, on the
-          other cores, against bare calls alone. That is the most a server could
-          reach on this machine: it must do that imaging beside its engine, and on a
-          small machine a busy neighbour core slows the engine's (shared caches and
-          memory bandwidth, or a hypervisor's shared physical core).
+          other cores, against bare calls alone (alternated in slices). That is the
+          most a server could reach on this machine: it must do that imaging beside
+          its engine, and a busy neighbour core can slow the engine's (shared caches
+          and memory bandwidth, or a hypervisor's shared physical core).
 
 batching  16 concurrent compatible jobs (same size and steps, different seeds)
           through a server with OPENLETZ_BATCH_MAX=16 (batch window 0.2 s) and
@@ -475,8 +475,8 @@ def bench_serving(args: argparse.Namespace, models: Models, budget: Budget) -> d
         f"({verdict(ratio >= args.target_serving)} target >= {args.target_serving:g}); "
         f"context: against bare calls plus the worker's resize and imaging {ratio_imaging:.3f}; "
         f"bare calls with one image's imaging beside each, in another process, "
-        f"{ceiling:.3f} of alone (the cores' own ceiling: a server must do that imaging "
-        "beside its engine, and a busy neighbour core slows the engine's)"
+        f"{ceiling:.3f} of alone (the ceiling on these cores: a server must do that "
+        "imaging beside its engine)"
     )
     print(
         h.result_line(
