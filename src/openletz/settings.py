@@ -218,7 +218,10 @@ class Settings(BaseSettings):
         4, ge=1, le=64, description="Most compatible jobs a worker runs as one pipeline call."
     )
     batch_window_s: float = Field(
-        0.05, ge=0, le=5, description="How long a worker waits to fill a batch."
+        0.05,
+        ge=0,
+        le=5,
+        description="How long a job may wait, from its creation, for a batch to fill.",
     )
     delivery_backlog: int = Field(
         1,

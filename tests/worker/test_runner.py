@@ -6,7 +6,7 @@ import asyncio
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ from openletz.engines.base import Engine, GenerationRequest, StepCallback, StepU
 from openletz.engines.sandbox import SandboxEngine
 from openletz.jobs.status import JobStatus
 from openletz.jobs.store import Job, JobStore, NewJob
+from openletz.jobs.tables import jobs
 from openletz.settings import Settings
 from openletz.storage.local import LocalBlobStore
 from openletz.worker.runner import ENCODED, JobRunner, stuck_grace_s
@@ -140,6 +141,30 @@ async def test_run_with_batch_claims_compatible_waiting_jobs_together(
     assert (max(started) - min(started)).total_seconds() < 0.1
     # A delivery of a job that ran in another's batch does nothing.
     assert await run.run_with_batch(same[0].id) == {same[0].id: "skipped"}
+
+
+async def test_the_batch_window_counts_from_the_job_s_creation(
+    store: JobStore, engine: AsyncEngine, blobs: LocalBlobStore
+) -> None:
+    # A 1.5 s window: a job just made waits it out for company; one that has waited
+    # that long already (behind another job) starts at once.
+    run = runner(
+        store, blobs, _Lockstep(duration_s=0.05, steps_per_quality=1), Sink(), batch_window_s=1.5
+    )
+    fresh = await create(store, engine, seed=1)
+    started = time.monotonic()
+    assert await run.run_with_batch(fresh.id) == {fresh.id: "ready"}
+    assert time.monotonic() - started >= 1.4
+    old = await create(store, engine, seed=2)
+    async with engine.begin() as conn:
+        await conn.execute(
+            jobs.update()
+            .where(jobs.c.id == old.id)
+            .values(created_at=old.created_at - timedelta(seconds=2))
+        )
+    started = time.monotonic()
+    assert await run.run_with_batch(old.id) == {old.id: "ready"}
+    assert time.monotonic() - started < 1.0
 
 
 async def test_run_with_batch_alone_when_batching_is_off(

@@ -38,6 +38,7 @@ from openletz.engines.base import (
 )
 from openletz.jobs.status import JobStatus
 from openletz.jobs.store import Job, JobStore
+from openletz.jobs.tables import utcnow
 from openletz.settings import Settings
 from openletz.storage.base import BlobStore
 
@@ -293,7 +294,13 @@ class JobRunner:
         if await asyncio.to_thread(self._engine.batch_key, _request_of(job)) is None:
             return await self.start_batch([job_id])
         # Wait out the window for a burst, but no longer than it takes to fill the batch.
-        deadline = time.monotonic() + settings.batch_window_s
+        # The window counts from the job's creation, as a batching queue's delay does:
+        # a job that waited its window already (behind another job, sent ahead, or
+        # handed back) starts now with whatever waits with it. Never longer than the
+        # window, whatever the clocks of the API server and this worker say.
+        waited = (utcnow() - job.created_at).total_seconds()
+        window = settings.batch_window_s
+        deadline = time.monotonic() + min(window, max(0.0, window - waited))
         while True:
             others = await self._store.similar_waiting(job, limit=settings.batch_max - 1)
             left = deadline - time.monotonic()
