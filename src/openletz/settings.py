@@ -218,10 +218,13 @@ class Settings(BaseSettings):
         4, ge=1, le=64, description="Most compatible jobs a worker runs as one pipeline call."
     )
     batch_window_s: float = Field(
-        0.05,
+        0.0,
         ge=0,
         le=5,
-        description="How long a job may wait, from its creation, for a batch to fill.",
+        description="How long a job may wait, from its creation, for a batch to fill. "
+        "0: a batch takes the compatible jobs already waiting and waits for no more "
+        "(under load the queue fills batches; a lone job starts at once). More trades "
+        "each lone job's latency, and the engine's time, for fuller batches in bursts.",
     )
     delivery_backlog: int = Field(
         1,

@@ -21,7 +21,7 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -138,6 +138,11 @@ class Batch:
     job_ids: list[str]
     claimed: list[str]
     ended: asyncio.Future[dict[str, str]]
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 def _settle(future: asyncio.Future[Outcome], outcome: Outcome) -> None:
@@ -288,26 +293,31 @@ class JobRunner:
         await self.room()
         if settings.batch_max <= 1 or not self._engine.batches:
             return await self.start_batch([job_id])
-        job = await self._store.get(job_id)
-        if job is None or not job.waiting:
-            return self._nothing([job_id])
-        if await asyncio.to_thread(self._engine.batch_key, _request_of(job)) is None:
-            return await self.start_batch([job_id])
-        # Wait out the window for a burst, but no longer than it takes to fill the batch.
-        # The window counts from the job's creation, as a batching queue's delay does:
-        # a job that waited its window already (behind another job, sent ahead, or
-        # handed back) starts now with whatever waits with it. Never longer than the
-        # window, whatever the clocks of the API server and this worker say.
-        waited = (utcnow() - job.created_at).total_seconds()
-        window = settings.batch_window_s
-        deadline = time.monotonic() + min(window, max(0.0, window - waited))
-        while True:
-            others = await self._store.similar_waiting(job, limit=settings.batch_max - 1)
-            left = deadline - time.monotonic()
-            if len(others) >= settings.batch_max - 1 or left <= 0:
-                break
-            await asyncio.sleep(min(_BATCH_POLL_S, left))
-        return await self.start_batch([job_id, *others])
+        with self._next_call() as starting:
+            job = await self._store.get(job_id)
+            if job is None or not job.waiting:
+                return self._nothing([job_id])
+            if await asyncio.to_thread(self._engine.batch_key, _request_of(job)) is None:
+                return await self._start_claimed([job_id], starting)
+            # Wait out the window for a burst, but no longer than it takes to fill the
+            # batch. The window counts from the job's creation, as a batching queue's
+            # delay does: a job that waited its window already (behind another job,
+            # sent ahead, or handed back) starts now with whatever waits with it.
+            # Never longer than the window, whatever the clocks of the API server and
+            # this worker say.
+            waited = (utcnow() - job.created_at).total_seconds()
+            window = settings.batch_window_s
+            deadline = time.monotonic() + min(window, max(0.0, window - waited))
+            while True:
+                others = await self._store.similar_waiting(job, limit=settings.batch_max - 1)
+                left = deadline - time.monotonic()
+                if len(others) >= settings.batch_max - 1 or left <= 0:
+                    break
+                # The engine will not begin before the window closes: earlier
+                # deliveries need not wait for it.
+                _resolve(starting)
+                await asyncio.sleep(min(_BATCH_POLL_S, left))
+            return await self._start_claimed([job_id, *others], starting)
 
     async def start_batch(self, job_ids: Sequence[str]) -> Batch:
         """Claim ``job_ids`` (of one batch key) and run those claimed as one engine
@@ -317,16 +327,21 @@ class JobRunner:
         Each job's end is recorded as soon as it is known: one interrupted at a
         step ends then, while the rest of its batch goes on."""
         await self.room()
-        loop = asyncio.get_running_loop()
-        # From here until its engine call has begun, the deliveries of earlier calls
-        # wait to render (see _deliver): the engine is idle until then.
-        starting: asyncio.Future[None] = loop.create_future()
+        with self._next_call() as starting:
+            return await self._start_claimed(job_ids, starting)
+
+    @contextlib.contextmanager
+    def _next_call(self) -> Iterator[asyncio.Future[None]]:
+        """While the next engine call is being prepared (its jobs read, its batch
+        gathered, claimed) until it has begun, the deliveries of earlier calls wait
+        to render (see _deliver): the engine is idle until then. Called after
+        :meth:`room`, never before it, so that neither waits for the other."""
+        starting: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._starting = starting
         try:
-            return await self._start_claimed(job_ids, starting)
+            yield starting
         finally:
-            if not starting.done():
-                starting.set_result(None)
+            _resolve(starting)
             if self._starting is starting:
                 self._starting = None
 
@@ -450,13 +465,9 @@ class JobRunner:
         on_steps = [self._step_callback(run, loop) for run in runs]
         engine = self._engine
 
-        def began() -> None:
-            if not starting.done():
-                starting.set_result(None)
-
         def call() -> list[Outcome]:
             with contextlib.suppress(RuntimeError):  # the event loop is closing
-                loop.call_soon_threadsafe(began)
+                loop.call_soon_threadsafe(_resolve, starting)
             # Unresized: a last resize to the requested size is the delivery's to make,
             # beside the next engine call (see Engine.generate_unresized).
             if len(requests) == 1:
