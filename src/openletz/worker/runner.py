@@ -173,7 +173,8 @@ class JobRunner:
         self._deliveries: set[asyncio.Task[dict[str, str]]] = set()
         self._stuck = False
         self._render_pool: ThreadPoolExecutor | None = None
-        #: resolved once the engine call being started has begun (see start_batch)
+        #: while the next engine call is prepared: resolved once it has begun (see
+        #: _next_call)
         self._starting: asyncio.Future[None] | None = None
 
     @property
