@@ -106,11 +106,17 @@ def workers_here(settings: Settings) -> int:
     return settings.workers if settings.dispatcher == "embedded" else 1
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity, where the system has
+    one), at least 1."""
+    import os
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, cores or 1)
+
+
 def cpu_share(settings: Settings) -> int:
     """The cores less one, which the API process and the rest of the worker need
     (intra-op threads that compete with them for cores only slow everything
     down), shared among the workers of this machine."""
-    import os
-
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return max(1, ((cores or 1) - 1) // workers_here(settings))
+    return max(1, (usable_cores() - 1) // workers_here(settings))

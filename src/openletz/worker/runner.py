@@ -36,6 +36,7 @@ from openletz.engines.base import (
     Interrupted,
     StepUpdate,
 )
+from openletz.engines.factory import usable_cores
 from openletz.jobs.status import JobStatus
 from openletz.jobs.store import Job, JobStore
 from openletz.jobs.tables import utcnow
@@ -79,8 +80,7 @@ RENDER_THREADS_MAX = 4
 def render_threads() -> int:
     """Threads for rendering: one a core this process may use, at most
     :data:`RENDER_THREADS_MAX`."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return max(1, min(RENDER_THREADS_MAX, cores or 1))
+    return min(RENDER_THREADS_MAX, usable_cores())
 
 
 Outcome = Image.Image | BaseException
