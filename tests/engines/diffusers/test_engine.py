@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from PIL import Image
 
 from openletz import imaging
@@ -165,6 +166,25 @@ def test_refinement_adds_steps_at_high_quality(
     # 4 denoising steps, then int(4 x 0.5) = 2 refinement steps.
     assert steps == [(i, 6) for i in range(1, 7)]
     assert not engine.plan(request("sd", quality=3)).refine
+
+
+@pytest.mark.parametrize("strength", [0.3, 0.5, 0.9])
+def test_a_one_step_model_refines_in_one_step(
+    tiny_folders: dict[str, Path], tmp_path: Path, strength: float
+) -> None:
+    """img2img runs the last int(steps x strength) of its steps: none, for a turbo
+    model's one step, unless the pass is scheduled on more."""
+    registry = write_registry(tmp_path / "m.yaml", tiny_folders, refine=True)
+    document = yaml.safe_load(registry.read_text())
+    document["models"]["sd"].update(steps=[1] * 5, refine={"from_quality": 4, "strength": strength})
+    registry.write_text(yaml.safe_dump(document))
+    engine = DiffusersEngine(Registry.load(registry), device="cpu")
+    steps: list[tuple[int, int]] = []
+    image = engine.generate(
+        request("sd", quality=5, width=120, height=72), lambda u: steps.append((u.step, u.total))
+    )
+    assert image.size == (120, 72)
+    assert steps == [(1, 2), (2, 2)]
 
 
 @pytest.mark.parametrize("refine", [False, True], ids=["native", "refined"])

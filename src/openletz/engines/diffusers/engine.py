@@ -454,10 +454,22 @@ class DiffusersEngine(Engine):
             results.append(stopped[i] if i in stopped else next(it))
         return results
 
-    def _refine_steps(self, plan: Plan) -> int:
+    def _refine_schedule(self, plan: Plan) -> int:
+        """The ``num_inference_steps`` of the img2img pass: the model's steps, or more
+        where so few that a pass of ``strength`` would have none (img2img runs the
+        last ``int(steps x strength)`` of them: 0 for a one-step model at 0.5)."""
         refine = plan.model.spec.refine
         assert refine is not None
-        return max(1, int(plan.steps * refine.strength))
+        steps = plan.steps
+        while int(steps * refine.strength) < 1:
+            steps += 1
+        return steps
+
+    def _refine_steps(self, plan: Plan) -> int:
+        """The steps the img2img pass runs."""
+        refine = plan.model.spec.refine
+        assert refine is not None
+        return int(self._refine_schedule(plan) * refine.strength)
 
     def _callback(
         self,
@@ -587,7 +599,7 @@ class DiffusersEngine(Engine):
             Call(
                 prompts=[r.prompt for r in requests],
                 negative_prompt=plan.model.spec.negative_prompt,
-                steps=plan.steps,
+                steps=self._refine_schedule(plan),
                 guidance=plan.guidance,
                 width=w8,
                 height=h8,
