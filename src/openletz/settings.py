@@ -233,6 +233,14 @@ class Settings(BaseSettings):
         description="Engine calls whose delivery (versions, storing, the end) may still "
         "run when a worker starts its next generation; 0 delivers each job first.",
     )
+    render_nice: int = Field(
+        10,
+        ge=0,
+        le=19,
+        description="How much lower than the rest of the worker the threads that render "
+        "deliveries (resize, versions, preview) run, in nice levels (Linux): where cores "
+        "are short, the engine and the worker's event loop go first. 0: the same.",
+    )
     read_ahead: int = Field(
         1,
         ge=0,

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping
@@ -540,6 +542,34 @@ async def test_deliveries_render_on_a_few_threads_of_their_own(
     assert most == 2
     assert len(names) == 2
     assert all(name.startswith("openletz-render") for name in names), names
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="nice levels per thread are Linux's")
+@pytest.mark.parametrize("render_nice", [0, 5])
+async def test_deliveries_render_at_a_lower_priority(
+    store: JobStore,
+    engine: AsyncEngine,
+    blobs: LocalBlobStore,
+    monkeypatch: pytest.MonkeyPatch,
+    render_nice: int,
+) -> None:
+    levels: list[int] = []
+    real = imaging.render_versions
+
+    def watched(*args: Any, **kwargs: Any) -> dict[str, bytes]:
+        levels.append(os.nice(0))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(imaging, "render_versions", watched)
+    run = runner(store, blobs, _Lockstep(duration_s=0.0), Sink(), render_nice=render_nice)
+    job = await create(store, engine)
+    here = os.nice(0)
+    try:
+        assert await asyncio.wait_for(run.run(job.id), 30) == "ready"
+    finally:
+        run.close()
+    assert levels == [min(19, here + render_nice)]
+    assert os.nice(0) == here  # the rest of the worker keeps its level
 
 
 class _Entered(SandboxEngine):
