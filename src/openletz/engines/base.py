@@ -34,7 +34,8 @@ class StepUpdate:
     ``preview`` renders the predicted final image at this step (small, RGB); it is
     a function so that the caller pays for a preview only when it wants one. Call
     it within the step callback: once that has returned, the engine may have moved
-    on (an engine in another process makes it only while it waits at the step).
+    on. ``None`` when the engine has none for this step (an engine in another
+    process sends one at most every ``preview_interval_s``).
     """
 
     step: int  # steps finished, 1..total

@@ -12,14 +12,16 @@ device, and the worker's threads for nothing but the engine's answers.
 it over two pipes (``multiprocessing.connection``: pickled messages). The child
 builds the real engine from the worker's settings and runs each call in its main
 thread. Each denoising step comes to the worker as a message, where the caller's
-``on_step`` runs, and the child waits for its verdict before the next step: an
-``Interrupted`` (or any exception) raised by ``on_step`` is raised in the child's
-step callback, so interruption stops a pipeline at the same step as in-process.
-A step's preview is made only when ``on_step`` asks for it (a worker wants a few
-a second, not one a step): the child makes it while it waits for the verdict, and
-sends it back. Every other step costs the child no preview and no device sync.
-Calls that need no pipeline (``batch_key``, ``model_states``) are answered at
-once, beside a running generation.
+``on_step`` runs, while the child goes on with the next step: it does not wait for
+the worker (a round trip a step, with the engine idle). An ``Interrupted`` (or any
+exception) raised by ``on_step`` goes back to the child, which raises it in that
+job's step callback at its next step: interruption stops a pipeline within one
+step, and the job's outcome is what ``on_step`` raised, as in-process, even when
+the child had already finished. A step carries a preview when the child made one:
+at most one every ``preview_interval_s`` (the worker wants no more), and never at
+the last step, which the image follows at once. Calls that need no pipeline
+(``batch_key``, ``model_states``) are answered at once, beside a running
+generation.
 
 If the child dies (a crash in a native library, the kernel's OOM killer), the
 calls under way fail with an ``EngineError`` that says so, and the next call
@@ -38,6 +40,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
@@ -89,6 +92,8 @@ class _Call:
     inbox: queue.SimpleQueue[tuple[Any, ...]] = field(default_factory=queue.SimpleQueue)
     #: the child it was sent to: only that child's end fails it
     proc: subprocess.Popen[bytes] | None = None
+    #: the jobs (batch indices) whose on_step raised, and what it raised: their outcome
+    stopped: dict[int, BaseException] = field(default_factory=dict)
 
 
 class EngineProcess(Engine):
@@ -289,8 +294,10 @@ class EngineProcess(Engine):
                 if kind == "step":
                     self._step(call, rid, on_steps, *rest)
                 elif kind == "result":
-                    return rest[0]
+                    return _outcome(call, rest[0])
                 elif kind == "error":
+                    if method in _GENERATIONS and not _GENERATIONS[method] and call.stopped:
+                        raise call.stopped[0]  # it came first
                     raise rest[0]
         finally:
             self._calls.pop(rid, None)
@@ -302,7 +309,7 @@ class EngineProcess(Engine):
             while True:
                 msg = conn.recv()
                 kind = msg[0]
-                if kind in ("step", "preview", "result", "error"):
+                if kind in ("step", "result", "error"):
                     call = self._calls.get(msg[1])
                     if call is not None:
                         call.inbox.put((kind, *msg[2:]))
@@ -349,52 +356,42 @@ class EngineProcess(Engine):
         index: int,
         step: int,
         total: int,
-        has_preview: bool,
+        preview: Image.Image | None,
     ) -> None:
-        verdict: BaseException | None = None
-        live = True
-
-        def preview() -> Image.Image:
-            # The child waits at this step, for its verdict or this request: the
-            # next message of this call is the preview (or the child's end).
-            if not live:
-                raise RuntimeError("a step's preview can be made only in its step callback")
+        if index in call.stopped or index >= len(on_steps):
+            return  # a step the child made before it learnt of the stop
+        update = StepUpdate(step, total, (lambda: preview) if preview is not None else None)
+        try:
+            on_steps[index](update)
+        except BaseException as exc:  # whatever on_step raises, the engine gets
+            call.stopped[index] = exc
+            # If the child is gone, the reader's end fails the call.
             with contextlib.suppress(OSError, ValueError):
-                self._send(("preview", rid, index))
-            kind, *rest = call.inbox.get()
-            if kind == "preview":
-                made: Image.Image | BaseException = rest[0]
-                if isinstance(made, BaseException):
-                    raise made
-                return made
-            call.inbox.put((kind, *rest))  # the call's end: the caller's to see
-            raise EngineError(f"the {self.name} engine's process ended during a step")
+                self._send(("stop", rid, index, _picklable(exc)))
 
-        if index < len(on_steps):
-            update = StepUpdate(step, total, preview if has_preview else None)
-            try:
-                on_steps[index](update)
-            except BaseException as exc:  # whatever on_step raises, the engine gets
-                verdict = _picklable(exc)
-            finally:
-                live = False
-        # If the child is gone, the reader's end fails the call.
-        with contextlib.suppress(OSError, ValueError):
-            self._send(("verdict", rid, index, verdict))
+
+def _outcome(call: _Call, value: Any) -> Any:
+    """A generation's answer, with what on_step raised for the jobs it stopped: the
+    child may have finished them before it learnt of it."""
+    if not call.stopped:
+        return value
+    if isinstance(value, list):
+        return [call.stopped.get(i, v) for i, v in enumerate(value)]
+    raise call.stopped[0]
 
 
 # -- the child's side ----------------------------------------------------------------
 
 
 class _Child:
-    def __init__(self, engine: Engine, send: Connection) -> None:
+    def __init__(self, engine: Engine, send: Connection, preview_interval_s: float) -> None:
         self.engine = engine
         self._send_conn = send
         self._send_lock = threading.Lock()
+        self._preview_interval = preview_interval_s
         self.calls: queue.SimpleQueue[tuple[int, str, tuple[Any, ...]] | None] = queue.SimpleQueue()
-        #: (call, index) -> the messages for the step it waits at: preview requests,
-        #: then its verdict
-        self._at_step: dict[tuple[int, int], queue.SimpleQueue[tuple[str, Any]]] = {}
+        #: (call, index) -> what its worker's on_step raised: raised at its next step
+        self._stops: dict[tuple[int, int], BaseException] = {}
 
     def send(self, msg: tuple[Any, ...]) -> None:
         with self._send_lock:
@@ -403,6 +400,9 @@ class _Child:
     def answer(self, rid: int, method: str, args: tuple[Any, ...]) -> None:
         try:
             if method in _GENERATIONS:
+                # Stops for calls that ended before they came are stale; one call runs
+                # at a time, and a stop of this one comes after its first step.
+                self._stops.clear()
                 on_steps = self._step_callbacks(rid, args)
                 fn = getattr(self.engine, method)
                 value = fn(args[0], on_steps if _GENERATIONS[method] else on_steps[0])
@@ -417,38 +417,39 @@ class _Child:
 
     def _step_callbacks(self, rid: int, args: tuple[Any, ...]) -> list[StepCallback]:
         count = len(args[0]) if isinstance(args[0], list) else 1
+        interval = self._preview_interval
 
         def make(index: int) -> StepCallback:
+            last_preview = -1e9
+
             def on_step(update: StepUpdate) -> None:
-                inbox: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
-                self._at_step[rid, index] = inbox
-                has_preview = update.preview is not None
-                self.send(("step", rid, index, update.step, update.total, has_preview))
-                while True:
-                    kind, verdict = inbox.get()
-                    if kind == "verdict":
-                        break
-                    # Made here, in the pipeline's thread, while the pipeline waits.
-                    made: Image.Image | BaseException
+                nonlocal last_preview
+                stop = self._stops.get((rid, index))
+                if stop is not None:
+                    raise stop
+                preview = None
+                now = time.monotonic()
+                # Made here, in the pipeline's thread, while its step's tensors are
+                # current; none at the last step, which the image follows at once.
+                if (
+                    update.preview is not None
+                    and update.step < update.total
+                    and now - last_preview >= interval
+                ):
+                    last_preview = now
                     try:
-                        assert update.preview is not None
-                        made = update.preview()
-                    except Exception as exc:
-                        made = _picklable(exc)
-                    self.send(("preview", rid, made))
-                del self._at_step[rid, index]
-                if verdict is not None:
-                    raise verdict
+                        preview = update.preview()
+                    except Exception:
+                        log.warning("a step's preview could not be made", exc_info=True)
+                self.send(("step", rid, index, update.step, update.total, preview))
 
             return on_step
 
         return [make(i) for i in range(count)]
 
-    def to_step(self, rid: int, index: int, kind: str, value: Any = None) -> None:
-        """A verdict or a preview request, for the step callback that waits for it."""
-        inbox = self._at_step.get((rid, index))
-        if inbox is not None:
-            inbox.put((kind, value))
+    def stop(self, rid: int, index: int, exc: BaseException) -> None:
+        """What the worker's on_step raised for a job: it stops at its next step."""
+        self._stops[rid, index] = exc
 
 
 def _child_main(read_fd: int, write_fd: int) -> None:
@@ -476,7 +477,7 @@ def _child_main(read_fd: int, write_fd: int) -> None:
     engine = make_engine(
         settings.model_copy(update={"engine_process": False}), on_model_state=model_state
     )
-    child = _Child(engine, send)
+    child = _Child(engine, send, settings.preview_interval_s)
     child.send(("hello", engine.name, engine.batches))
 
     def read() -> None:
@@ -489,12 +490,9 @@ def _child_main(read_fd: int, write_fd: int) -> None:
                         child.answer(rid, method, args)
                     else:
                         child.calls.put((rid, method, args))
-                elif msg[0] == "verdict":
-                    _, rid, index, verdict = msg
-                    child.to_step(rid, index, "verdict", verdict)
-                elif msg[0] == "preview":
-                    _, rid, index = msg
-                    child.to_step(rid, index, "preview")
+                elif msg[0] == "stop":
+                    _, rid, index, exc = msg
+                    child.stop(rid, index, exc)
                 elif msg[0] == "close":
                     break
         except (EOFError, OSError):

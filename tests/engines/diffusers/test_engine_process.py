@@ -91,51 +91,49 @@ def test_it_makes_the_images_the_engine_makes_in_process(
     assert engine.pid != os.getpid()
     wanted = request()
 
-    def watch(steps: list[StepUpdate], previews: list[Image.Image]) -> StepCallback:
+    def watch(steps: list[StepUpdate], previews: dict[int, Image.Image]) -> StepCallback:
         def on_step(update: StepUpdate) -> None:
             steps.append(update)
-            if update.step == 2:
-                assert update.preview is not None
-                previews.append(update.preview())
+            if update.preview is not None:
+                previews[update.step] = update.preview()
 
         return on_step
 
     steps: list[StepUpdate] = []
-    previews: list[Image.Image] = []
+    previews: dict[int, Image.Image] = {}
     image = engine.generate(wanted, watch(steps, previews))
     assert image.size == (96, 64)
-    local_previews: list[Image.Image] = []
+    local_previews: dict[int, Image.Image] = {}
     assert np.array_equal(pixels(image), pixels(local.generate(wanted, watch([], local_previews))))
     assert [(u.step, u.total) for u in steps] == [(1, 3), (2, 3), (3, 3)]
-    # The preview of step 2, made in the child when asked, is the one made in-process.
-    assert previews[0].mode == "RGB"
-    assert np.array_equal(pixels(previews[0]), pixels(local_previews[0]))
+    # The child offers the first step's preview (then one a preview_interval_s), the
+    # same as the one made in-process.
+    assert previews[1].mode == "RGB"
+    assert np.array_equal(pixels(previews[1]), pixels(local_previews[1]))
     unresized = engine.generate_unresized(wanted, lambda u: None)
     assert unresized.size == local.generate_unresized(wanted, lambda u: None).size
     assert engine.batch_key(wanted) == local.batch_key(wanted)
 
 
-def test_a_preview_is_made_only_when_its_step_callback_asks() -> None:
+@pytest.mark.parametrize(("interval", "offered"), [(0.0, [1, 2, 3]), (60.0, [1])])
+def test_previews_come_at_most_one_an_interval_and_never_at_the_last_step(
+    interval: float, offered: list[int]
+) -> None:
     engine = EngineProcess(
-        Settings(engine="tests.fixtures.engines:counts_previews"), name="counts-previews"
+        Settings(engine="tests.fixtures.engines:counts_previews", preview_interval_s=interval),
+        name="counts-previews",
     )
     try:
-        asked: list[Image.Image] = []
+        shown: dict[int, tuple[int, int, int]] = {}
 
         def on_step(update: StepUpdate) -> None:
-            assert update.preview is not None
-            if update.step == 3:
-                asked.append(update.preview())
+            if update.preview is not None:
+                shown[update.step] = update.preview().getpixel((0, 0))
 
         image = engine.generate(request(), on_step)
-        assert image.getpixel((0, 0)) == (1, 0, 0)  # one made in the child: the one asked
-        assert [im.getpixel((0, 0)) for im in asked] == [(1, 0, 0)]
-        kept: list[StepUpdate] = []
-        engine.generate(request(), kept.append)
-        # Once its callback has returned, the child is past that step.
-        assert kept[0].preview is not None
-        with pytest.raises(RuntimeError, match="only in its step callback"):
-            kept[0].preview()
+        # Four steps; the first pixel's red counts the previews made in the child.
+        assert image.getpixel((0, 0)) == (len(offered), 0, 0)
+        assert shown == {step: (n, 0, 0) for n, step in enumerate(offered, 1)}
     finally:
         engine.close()
 
@@ -149,7 +147,7 @@ def test_a_batch_equals_its_images_made_alone(engine: EngineProcess) -> None:
         assert np.abs(pixels(image) - pixels(alone)).max() <= 1
 
 
-def test_an_interruption_stops_at_that_step_and_only_its_job(engine: EngineProcess) -> None:
+def test_an_interruption_stops_its_job_and_only_its_job(engine: EngineProcess) -> None:
     seen: dict[int, list[int]] = {0: [], 1: []}
 
     def stop_after(index: int, step: int):  # type: ignore[no-untyped-def]
@@ -165,9 +163,42 @@ def test_an_interruption_stops_at_that_step_and_only_its_job(engine: EngineProce
     )
     assert isinstance(out[0], Interrupted)
     assert isinstance(out[1], Image.Image)
-    assert seen == {0: [1], 1: [1, 2, 3]}  # not one step more
+    assert seen == {0: [1], 1: [1, 2, 3]}  # its on_step is not called again
     with pytest.raises(Interrupted):
         engine.generate(request(), stop_after(0, 2))
+    # Stopped at the last step, when the child has made the image already: the
+    # outcome is still what on_step raised, as in-process.
+    with pytest.raises(Interrupted):
+        engine.generate(request(), stop_after(0, 3))
+    out = engine.generate_batch(
+        [request(seed=1), request(seed=2)], [stop_after(0, 3), stop_after(1, 99)]
+    )
+    assert isinstance(out[0], Interrupted)
+    assert isinstance(out[1], Image.Image)
+
+
+def test_an_interrupted_job_stops_in_the_child_within_one_step() -> None:
+    engine = EngineProcess(
+        Settings(engine="tests.fixtures.engines:counts_steps"), name="counts-steps"
+    )
+    try:
+
+        def stop_at(step: int) -> StepCallback:
+            def on_step(update: StepUpdate) -> None:
+                if update.step == step:
+                    raise Interrupted
+
+            return on_step
+
+        out = engine.generate_batch([request(), request()], [stop_at(2), lambda u: None])
+        assert isinstance(out[0], Interrupted)
+        assert isinstance(out[1], Image.Image)
+        # The other image's first pixel counts the steps each job ran in the child.
+        ran_0, ran_1, _ = out[1].getpixel((0, 0))
+        assert ran_1 == 8
+        assert 2 <= ran_0 <= 3
+    finally:
+        engine.close()
 
 
 def test_errors_come_back_as_they_are(engine: EngineProcess) -> None:
