@@ -66,9 +66,6 @@ STUCK_EXIT_CODE = 70
 #: abandons them (their jobs are then handed back: release_owner)
 DRAIN_S = 5.0
 
-#: the share of preview_interval_s after which a step's preview is taken (see on_step)
-_PREVIEW_SLACK = 0.8
-
 #: the longest a delivery waits for the next engine call to begin before it renders
 _HANDOFF_WAIT_S = 0.25
 
@@ -608,10 +605,7 @@ class JobRunner:
             preview = None
             now = time.monotonic()
             # The last step's preview is skipped: the final image follows at once.
-            # An engine in a process of its own offers previews at this interval by
-            # its own clock, each a message's time later: one is taken once most of
-            # the interval has passed, rather than missed for a few milliseconds.
-            due = now - last_preview >= interval * _PREVIEW_SLACK
+            due = now - last_preview >= interval
             if update.preview is not None and update.step < update.total and due:
                 last_preview = now
                 preview = imaging.preview_jpeg(update.preview(), max_side=max_side)
