@@ -269,6 +269,32 @@ def table(rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join(lines)
 
 
+def cpu_times() -> tuple[int, int] | None:
+    """(stolen, all) CPU time of the machine since boot, in clock ticks, from
+    ``/proc/stat`` (Linux); None elsewhere. Stolen time is what the hypervisor
+    gave other guests while this one's CPUs had work."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:9]]
+    except (OSError, ValueError):
+        return None
+    return fields[7], sum(fields)
+
+
+def steal_share(start: tuple[int, int] | None, end: tuple[int, int] | None) -> float | None:
+    """The share of the machine's CPU time stolen by the hypervisor between two
+    :func:`cpu_times` readings: context for a figure on a shared, noisy host."""
+    if start is None or end is None or end[1] <= start[1]:
+        return None
+    return (end[0] - start[0]) / (end[1] - start[1])
+
+
+def steal_note(share: float | None) -> str:
+    if share is None:
+        return ""
+    return f"; CPU time stolen by the hypervisor meanwhile: {share:.0%}"
+
+
 def result_line(**figures: Any) -> str:
     parts = []
     for k, v in figures.items():

@@ -34,10 +34,14 @@ batching  16 concurrent compatible jobs (same size and steps, different seeds)
           through one with OPENLETZ_BATCH_MAX=1, timed from the first POST to all
           ready, alternating rounds. ``batching_speedup`` = time(max 1) /
           time(max 16). Target: >= 2 on the CPU. The tiny model generates at
-          --batch-resolution (default 128: 16x16 latents) with --batch-steps
-          (default 4) and classifier-free guidance, so that the denoiser is most of
-          a job's work. Context: the same on the engine in-process
-          (``generate_batch`` of 16 against 16 ``generate`` calls).
+          --batch-resolution (default 64: 8x8 latents) in --batch-steps (default
+          4, a few-step model's count) with classifier-free guidance: the denoiser
+          is most of a job's work, and each call's fixed cost is a large part of a
+          UNet step, as on a GPU at small batches (at 128 one CPU thread is
+          compute-bound from one image on, and batching gains little there, in the
+          engine alone as through the server). Context: the same on the engine
+          in-process (``generate_batch`` of 16 against 16 ``generate`` calls), and
+          the share of CPU time the hypervisor took meanwhile.
 
 preview   The cost of one live preview as the worker makes it
           (``update.preview()`` then ``imaging.preview_jpeg(..., max_side=256)``)
@@ -455,6 +459,7 @@ def bench_serving(args: argparse.Namespace, models: Models, budget: Budget) -> d
         pipe_only: list[float] = []
         shared: list[float] = []  # bare calls beside imaging / alone
         seed = 1000
+        cpu0 = h.cpu_times()
         while budget.more(len(served), args.rounds):
             # The baseline's calls come half just before the server's round and half
             # just after it, so that the machine's drift falls on both alike.
@@ -477,6 +482,7 @@ def bench_serving(args: argparse.Namespace, models: Models, budget: Budget) -> d
     finally:
         client.close()
         server.proc.stop()
+    stolen = h.steal_share(cpu0, h.cpu_times())
 
     rows = [
         ("images per second", "rounds", "median", "min", "max"),
@@ -496,7 +502,7 @@ def bench_serving(args: argparse.Namespace, models: Models, budget: Budget) -> d
         f"context: against bare calls plus the worker's resize and imaging {ratio_imaging:.3f}; "
         f"bare calls with one image's imaging beside each, in another process, "
         f"{ceiling:.3f} of alone (the ceiling on these cores: a server must do that "
-        "imaging beside its engine)"
+        f"imaging beside its engine){h.steal_note(stolen)}"
     )
     print(
         h.result_line(
@@ -508,6 +514,7 @@ def bench_serving(args: argparse.Namespace, models: Models, budget: Budget) -> d
             bare_with_imaging_img_s=med(full),
             jobs=args.jobs,
             rounds=len(served),
+            **({} if stolen is None else {"cpu_stolen": stolen}),
         ),
         flush=True,
     )
@@ -565,11 +572,13 @@ def bench_batching(args: argparse.Namespace, models: Models, budget: Budget) -> 
     times: dict[str, list[float]] = {"batched": [], "single": []}
     calls: dict[str, list[int]] = {"batched": [], "single": []}
     seed = 0
+    cpu0 = None
     try:
         for c in clients.values():  # the first job loads the model, then one round warm
             run_jobs(c, [seed], 1)
             run_jobs(c, range(seed + 1, seed + 1 + n), n)
             seed += n + 1
+        cpu0 = h.cpu_times()
         while budget.more(len(times["single"]), args.rounds):
             for name, c in clients.items():
                 elapsed, ids = run_jobs(c, range(seed, seed + n), n)
@@ -586,6 +595,7 @@ def bench_batching(args: argparse.Namespace, models: Models, budget: Budget) -> 
             c.close()
         batched.proc.stop()
         single.proc.stop()
+    stolen = h.steal_share(cpu0, h.cpu_times())
 
     # Context: the engine alone, in this process.
     quiet_imports()
@@ -641,7 +651,7 @@ def bench_batching(args: argparse.Namespace, models: Models, budget: Budget) -> 
         f"batching speedup through the server {speedup:.2f}x ({verdict(ok)} "
         f"target >= {args.target_batching:g}x); engine alone {engine_speedup:.2f}x; engine calls "
         f"per round with max {n} (from claim times): {calls['batched']}; model: tiny SD, "
-        f"resolution {res}, {steps} steps, guidance {g:g}"
+        f"resolution {res}, {steps} steps, guidance {g:g}{h.steal_note(stolen)}"
     )
     print(
         h.result_line(
@@ -653,6 +663,7 @@ def bench_batching(args: argparse.Namespace, models: Models, budget: Budget) -> 
             resolution=res,
             steps=steps,
             rounds=len(times["single"]),
+            **({} if stolen is None else {"cpu_stolen": stolen}),
         ),
         flush=True,
     )
@@ -1118,7 +1129,7 @@ def main() -> int:
         "--batch-jobs", type=int, default=None, help="batching: jobs (16; full size 8)"
     )
     parser.add_argument(
-        "--batch-resolution", type=int, default=128, help="batching: model resolution (128)"
+        "--batch-resolution", type=int, default=64, help="batching: model resolution (64)"
     )
     parser.add_argument("--batch-steps", type=int, default=4, help="batching: steps (4)")
     parser.add_argument(
