@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 from PIL import Image
 
@@ -208,6 +209,64 @@ def test_unresized_images_are_those_before_the_last_resize(
         [wanted, request("sd", quality=4, width=124, height=76, seed=8)], [lambda u: None] * 2
     )
     assert [getattr(i, "size", None) for i in together] == [unresized.size] * 2
+
+
+@pytest.mark.parametrize("family", ["sd", "sdxl", "pixart_sigma"])
+@pytest.mark.parametrize("negative_prompt", [None, "blurry, low contrast"])
+def test_a_guided_call_encodes_its_negative_prompt_once_per_model(
+    tiny_folders: dict[str, Path], tmp_path: Path, family: str, negative_prompt: str | None
+) -> None:
+    """Every guided image needs the negative prompt's conditioning; it is made once
+    per loaded model, and the images are those the pipeline makes from the texts."""
+    from openletz.engines.diffusers.families import FAMILIES, Call
+
+    registry = write_registry(tmp_path / "m.yaml", tiny_folders)
+    document = yaml.safe_load(registry.read_text())
+    document["models"][family]["negative_prompt"] = negative_prompt
+    registry.write_text(yaml.safe_dump(document))
+    engine = DiffusersEngine(Registry.load(registry), device="cpu")
+    wanted = request(family, creativity=3, quality=2)
+    plan = engine.plan(wanted)
+    assert plan.guidance > 1
+    pipe = engine.model(family).pipe
+    rows: list[int] = []
+    encoder = pipe.text_encoder
+    forward = encoder.forward
+
+    def counted(input_ids: torch.Tensor, *args: object, **kwargs: object) -> object:
+        rows.append(input_ids.shape[0])
+        return forward(input_ids, *args, **kwargs)
+
+    encoder.forward = counted
+    image = engine.generate_unresized(wanted, lambda u: None)
+    rows.clear()
+    again = engine.generate_unresized(wanted, lambda u: None)
+    assert rows == [1]  # the prompt alone
+    rows.clear()
+    batch = [request(family, creativity=3, quality=2, seed=s) for s in (1, 2, 3)]
+    engine.generate_batch_unresized(batch, [lambda u: None] * 3)
+    assert rows == [3]
+    encoder.forward = forward
+
+    call = Call(
+        prompts=[wanted.prompt],
+        negative_prompt=negative_prompt,
+        steps=plan.steps,
+        guidance=plan.guidance,
+        width=plan.width,
+        height=plan.height,
+        generators=[torch.Generator("cpu").manual_seed(wanted.seed)],
+    )
+    with torch.inference_mode():
+        bare = pipe(**FAMILIES[family].call_kwargs(call), output_type="pil").images[0]
+    assert np.array_equal(pixels(image), pixels(bare))
+    assert np.array_equal(pixels(again), pixels(bare))
+
+
+def test_an_unguided_call_leaves_the_texts_to_the_pipeline(engine: DiffusersEngine) -> None:
+    plan = engine.plan(request("sd", creativity=1))
+    assert plan.guidance <= 1
+    assert engine._conditioning(engine.model("sd"), engine.model("sd").pipe, plan, ["x"]) is None
 
 
 def test_base_model_picks_a_model_by_name(engine: DiffusersEngine) -> None:

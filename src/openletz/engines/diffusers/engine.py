@@ -33,7 +33,7 @@ from openletz.engines.base import (
     StepUpdate,
 )
 from openletz.engines.diffusers.availability import ModelState, disk_state
-from openletz.engines.diffusers.families import FAMILIES, Call, Family
+from openletz.engines.diffusers.families import FAMILIES, Call, Conditioning, Family
 from openletz.engines.diffusers.footprint import estimate_bytes
 from openletz.engines.diffusers.loading import is_out_of_memory, load_pipeline, model_bytes
 from openletz.engines.diffusers.registry import Registry, RegistryError, Resolved
@@ -139,6 +139,9 @@ class _Loaded:
         self.pipe = pipe
         self.nbytes = nbytes
         self.img2img: Any | None = None
+        #: negative prompt -> its conditioning, one row (the img2img pipeline
+        #: shares the text encoders)
+        self.negatives: dict[str | None, Conditioning] = {}
 
 
 class DiffusersEngine(Engine):
@@ -425,9 +428,7 @@ class DiffusersEngine(Engine):
         loaded = self.model(plan.model.name)
         total = plan.steps + (self._refine_steps(plan) if plan.refine else 0)
         stopped: dict[int, BaseException] = {}
-        images = self._denoise(
-            loaded.pipe, plan, requests, on_steps, stopped, offset=0, total=total
-        )
+        images = self._denoise(loaded, plan, requests, on_steps, stopped, offset=0, total=total)
         results: list[Image.Image | BaseException] = []
         finals: list[Image.Image] = []
         for i, request in enumerate(requests):
@@ -527,9 +528,29 @@ class DiffusersEngine(Engine):
         finally:
             tap.remove()
 
+    def _conditioning(
+        self, loaded: _Loaded, pipe: Any, plan: Plan, prompts: list[str]
+    ) -> tuple[Conditioning, Conditioning] | None:
+        """The texts' conditioning for a guided call, the negative prompt's made once
+        per loaded model: every guided image needs it, and it cost as much as the
+        prompt's own. None for an unguided call, or a family whose pipeline encodes
+        the texts itself."""
+        if plan.guidance <= 1:
+            return None
+        family, negative_prompt = plan.family, plan.model.spec.negative_prompt
+        with torch.inference_mode():
+            negative = loaded.negatives.get(negative_prompt)
+            if negative is None:
+                made = family.encode(pipe, [""], negative_prompt, guided=True)
+                if made is None or made[1] is None:
+                    return None
+                negative = loaded.negatives[negative_prompt] = made[1]
+            made = family.encode(pipe, prompts, None, guided=False)
+        return None if made is None else (made[0], negative)
+
     def _denoise(
         self,
-        pipe: Any,
+        loaded: _Loaded,
         plan: Plan,
         requests: Sequence[GenerationRequest],
         on_steps: Sequence[StepCallback],
@@ -538,17 +559,20 @@ class DiffusersEngine(Engine):
         offset: int,
         total: int,
     ) -> list[Image.Image]:
-        call = Call(
-            prompts=[r.prompt for r in requests],
-            negative_prompt=plan.model.spec.negative_prompt,
-            steps=plan.steps,
-            guidance=plan.guidance,
-            width=plan.width,
-            height=plan.height,
-            generators=[self._generator(r.seed) for r in requests],
-        )
+        pipe = loaded.pipe
+        prompts = [r.prompt for r in requests]
         indices = list(range(len(requests)))
         try:
+            call = Call(
+                prompts=prompts,
+                negative_prompt=plan.model.spec.negative_prompt,
+                steps=plan.steps,
+                guidance=plan.guidance,
+                width=plan.width,
+                height=plan.height,
+                generators=[self._generator(r.seed) for r in requests],
+                conditioning=self._conditioning(loaded, pipe, plan, prompts),
+            )
             images: list[Image.Image] = self._run(
                 pipe,
                 plan.family,
@@ -595,15 +619,17 @@ class DiffusersEngine(Engine):
         total = plan.steps + self._refine_steps(plan)
         local_steps = {i: on_steps[k] for k, i in enumerate(original_indices)}
         remap: dict[int, BaseException] = {}
+        prompts = [r.prompt for r in requests]
         kwargs = plan.family.call_kwargs(
             Call(
-                prompts=[r.prompt for r in requests],
+                prompts=prompts,
                 negative_prompt=plan.model.spec.negative_prompt,
                 steps=self._refine_schedule(plan),
                 guidance=plan.guidance,
                 width=w8,
                 height=h8,
                 generators=[self._generator(r.seed + 1) for r in requests],
+                conditioning=self._conditioning(loaded, loaded.img2img, plan, prompts),
             )
         )
         kwargs.pop("width", None)

@@ -13,6 +13,10 @@ from typing import Any
 
 import torch
 
+#: Text conditioning as a pipeline's call takes it in place of the texts
+#: (``prompt_embeds``, ``pooled_prompt_embeds``, ...): one row per text.
+Conditioning = dict[str, torch.Tensor]
+
 
 @dataclass(frozen=True, slots=True)
 class Call:
@@ -25,6 +29,10 @@ class Call:
     width: int
     height: int
     generators: list[torch.Generator]
+    #: the prompts' conditioning (a row each) and the negative prompt's (one row,
+    #: for every image), made by :meth:`Family.encode`; None: the pipeline encodes
+    #: the texts itself
+    conditioning: tuple[Conditioning, Conditioning] | None = None
 
 
 class Family:
@@ -39,16 +47,33 @@ class Family:
 
     def call_kwargs(self, call: Call) -> dict[str, Any]:
         kwargs: dict[str, Any] = {
-            "prompt": call.prompts,
             "num_inference_steps": call.steps,
             "guidance_scale": call.guidance,
             "width": call.width,
             "height": call.height,
             "generator": call.generators,
         }
+        if call.conditioning is not None:
+            positive, negative = call.conditioning
+            kwargs.update(positive)
+            rows = len(call.prompts)
+            # A copy a row: the pipelines reshape what they are given in place.
+            kwargs.update({k: v.repeat(rows, *[1] * (v.ndim - 1)) for k, v in negative.items()})
+            return kwargs
+        kwargs["prompt"] = call.prompts
         if call.negative_prompt and call.guidance > 1:
             kwargs["negative_prompt"] = [call.negative_prompt] * len(call.prompts)
         return kwargs
+
+    def encode(
+        self, pipe: Any, prompts: list[str], negative_prompt: str | None, *, guided: bool
+    ) -> tuple[Conditioning, Conditioning | None] | None:
+        """The conditioning of ``prompts`` (a row each) and, when ``guided``, of the
+        negative prompt (a row for each prompt), made by the pipeline's own
+        ``encode_prompt`` with the arguments its call would give it, so that the
+        images are the same as from the texts. None where this family leaves the
+        texts to its pipeline."""
+        return None
 
     def step_callback_kwargs(self, callback: Callable[..., Any]) -> dict[str, Any]:
         """How the pipeline takes ``callback(pipe, step, timestep, {"latents": ...})``."""

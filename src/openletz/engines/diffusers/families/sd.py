@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from openletz.engines.diffusers.families.base import Family
+from typing import Any
+
+from openletz.engines.diffusers.families.base import Conditioning, Family
 
 
 class StableDiffusion(Family):
@@ -18,6 +20,20 @@ class StableDiffusion(Family):
         (-0.2829, 0.1762, 0.2721),
         (-0.2120, -0.2616, -0.7177),
     )
+
+    def encode(
+        self, pipe: Any, prompts: list[str], negative_prompt: str | None, *, guided: bool
+    ) -> tuple[Conditioning, Conditioning | None]:
+        positive, negative = pipe.encode_prompt(
+            prompts,
+            pipe._execution_device,
+            1,
+            guided,
+            negative_prompt=[negative_prompt] * len(prompts) if negative_prompt else None,
+        )
+        return {"prompt_embeds": positive}, (
+            {"negative_prompt_embeds": negative} if guided else None
+        )
 
 
 FAMILY = StableDiffusion()
