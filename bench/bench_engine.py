@@ -540,7 +540,7 @@ while time.monotonic() < until:
     imaging.preview_jpeg(big)
     # Never a burst to catch up (after a SIGSTOP): one image a period from now on.
     due = max(due + period, time.monotonic())
-    time.sleep(due - time.monotonic())
+    time.sleep(max(0.0, due - time.monotonic()))
 """
 
 
