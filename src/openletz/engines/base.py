@@ -54,6 +54,15 @@ class EngineError(Exception):
     """A generation failed for a reason the user should read (it becomes ``progressMessage``)."""
 
 
+def only_image(results: Sequence[Image.Image | BaseException]) -> Image.Image:
+    """The image of a one-request batch's results, or the exception that ended
+    that request, raised: :meth:`Engine.generate` of an engine that batches."""
+    (result,) = results
+    if isinstance(result, BaseException):
+        raise result
+    return result
+
+
 class Engine(ABC):
     #: short name shown in /health and in each image object
     name: str

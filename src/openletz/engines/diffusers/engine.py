@@ -31,6 +31,7 @@ from openletz.engines.base import (
     Interrupted,
     StepCallback,
     StepUpdate,
+    only_image,
 )
 from openletz.engines.diffusers.availability import ModelState, disk_state
 from openletz.engines.diffusers.families import FAMILIES, Call, Conditioning, Family
@@ -388,16 +389,10 @@ class DiffusersEngine(Engine):
     # -- generating -----------------------------------------------------------
 
     def generate(self, request: GenerationRequest, on_step: StepCallback) -> Image.Image:
-        (result,) = self.generate_batch([request], [on_step])
-        if isinstance(result, BaseException):
-            raise result
-        return result
+        return only_image(self.generate_batch([request], [on_step]))
 
     def generate_unresized(self, request: GenerationRequest, on_step: StepCallback) -> Image.Image:
-        (result,) = self.generate_batch_unresized([request], [on_step])
-        if isinstance(result, BaseException):
-            raise result
-        return result
+        return only_image(self.generate_batch_unresized([request], [on_step]))
 
     def generate_batch(
         self, requests: Sequence[GenerationRequest], on_steps: Sequence[StepCallback]
