@@ -7,7 +7,7 @@ import os
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Hashable, Iterator, Mapping
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -167,6 +167,27 @@ async def test_the_batch_window_counts_from_the_job_s_creation(
     started = time.monotonic()
     assert await run.run_with_batch(old.id) == {old.id: "ready"}
     assert time.monotonic() - started < 1.0
+
+
+async def test_the_engine_is_asked_a_batch_key_once_a_kind_of_request(
+    store: JobStore, engine: AsyncEngine, blobs: LocalBlobStore
+) -> None:
+    # An engine in a process of its own answers in a round trip to that process.
+    asked: list[GenerationRequest] = []
+
+    class _Keys(_Lockstep):
+        def batch_key(self, request: GenerationRequest) -> Hashable | None:
+            asked.append(request)
+            return super().batch_key(request)
+
+    keys = _Keys(duration_s=0.05, steps_per_quality=1)
+    run = runner(store, blobs, keys, Sink(), batch_window_s=0)
+    for seed in (1, 2, 3):
+        job = await create(store, engine, seed=seed, prompt=f"prompt {seed}")
+        assert await run.run_with_batch(job.id) == {job.id: "ready"}
+    other = await create(store, engine, quality=1, seed=4)
+    assert await run.run_with_batch(other.id) == {other.id: "ready"}
+    assert [(r.seed, r.quality) for r in asked] == [(1, 2), (4, 1)]
 
 
 async def test_run_with_batch_alone_when_batching_is_off(

@@ -80,7 +80,9 @@ class Engine(ABC):
         return type(self).batch_key is not Engine.batch_key
 
     def batch_key(self, request: GenerationRequest) -> Hashable | None:
-        """Requests with the same key (not ``None``) may run as one batch."""
+        """Requests with the same key (not ``None``) may run as one batch. The key
+        depends on the request's fields but its prompt and seed (those differ within
+        any batch): a worker keeps the keys it has been given by those fields."""
         return None
 
     def generate_batch(

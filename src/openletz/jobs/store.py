@@ -168,6 +168,41 @@ _ENDED = [s.value for s in JobStatus if s.is_terminal()]
 _WEBHOOK_PENDING = sa.and_(jobs.c.webhook_url.is_not(None), jobs.c.webhook_done_at.is_(None))
 
 
+def _similar_waiting(base_model: bool) -> sa.Select[Any]:
+    """Waiting jobs of one generation but ``job_id``, oldest first: ``base_model``
+    says whether the generation names one (compared) or not (NULL)."""
+    return (
+        sa.select(jobs.c.id)
+        .where(
+            _WAITING,
+            jobs.c.interrupt_requested.is_(False),
+            jobs.c.id != sa.bindparam("job_id"),
+            jobs.c.system_version == sa.bindparam("system_version"),
+            jobs.c.mode == sa.bindparam("mode"),
+            jobs.c.base_model == sa.bindparam("base_model")
+            if base_model
+            else jobs.c.base_model.is_(None),
+            jobs.c.width == sa.bindparam("width"),
+            jobs.c.height == sa.bindparam("height"),
+            jobs.c.quality == sa.bindparam("quality"),
+            jobs.c.creativity == sa.bindparam("creativity"),
+        )
+        .order_by(jobs.c.created_at)
+        .limit(sa.bindparam("limit"))
+    )
+
+
+# Asked before each engine call of a worker whose engine batches: built once too.
+_SIMILAR_WAITING = {False: _similar_waiting(False), True: _similar_waiting(True)}
+
+
+def _read_in_thread(
+    engine: sa.Engine, stmt: sa.Executable, values: dict[str, Any]
+) -> Sequence[sa.RowMapping]:
+    with engine.connect() as conn:
+        return conn.execute(stmt, values).mappings().all()
+
+
 def _write_in_thread(
     engine: sa.Engine, stmt: sa.Executable, values: dict[str, Any] | None
 ) -> Sequence[sa.RowMapping]:
@@ -204,6 +239,16 @@ class JobStore:
         if twin is not None:
             return await asyncio.to_thread(_write_in_thread, twin, stmt, values)
         async with self._engine.begin() as conn:
+            return (await conn.execute(stmt, values)).mappings().all()
+
+    async def _read_rows(
+        self, stmt: sa.Executable, values: dict[str, Any]
+    ) -> Sequence[sa.RowMapping]:
+        """A read of several rows; on SQLite in one thread hop (see ``_write_rows``)."""
+        twin = self._twin()
+        if twin is not None:
+            return await asyncio.to_thread(_read_in_thread, twin, stmt, values)
+        async with self._engine.connect() as conn:
             return (await conn.execute(stmt, values)).mappings().all()
 
     def _twin(self) -> sa.Engine | None:
@@ -554,27 +599,19 @@ class JobStore:
         (model slot, size, steps, guidance), oldest first: candidates for its batch."""
         if limit <= 0:
             return []
-        stmt = (
-            sa.select(jobs.c.id)
-            .where(
-                _WAITING,
-                jobs.c.interrupt_requested.is_(False),
-                jobs.c.id != job.id,
-                jobs.c.system_version == job.system_version,
-                jobs.c.mode == job.mode,
-                jobs.c.base_model.is_(None)
-                if job.base_model is None
-                else jobs.c.base_model == job.base_model,
-                jobs.c.width == job.width,
-                jobs.c.height == job.height,
-                jobs.c.quality == job.quality,
-                jobs.c.creativity == job.creativity,
-            )
-            .order_by(jobs.c.created_at)
-            .limit(limit)
-        )
-        async with self._engine.connect() as conn:
-            return [r[0] for r in (await conn.execute(stmt)).all()]
+        values = {
+            "job_id": job.id,
+            "system_version": job.system_version,
+            "mode": job.mode,
+            "base_model": job.base_model,
+            "width": job.width,
+            "height": job.height,
+            "quality": job.quality,
+            "creativity": job.creativity,
+            "limit": limit,
+        }
+        rows = await self._read_rows(_SIMILAR_WAITING[job.base_model is not None], values)
+        return [row["id"] for row in rows]
 
     async def waiting(self, *, older_than_s: float = 0.0, limit: int = 1000) -> Sequence[str]:
         """Ids of waiting jobs (oldest first), for re-dispatch after a restart."""

@@ -21,9 +21,9 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from PIL import Image
@@ -58,6 +58,10 @@ ProgressSink = Callable[[str, int, bytes | None], None]
 
 #: how often the waiting jobs are counted while a batch window is open
 _BATCH_POLL_S = 0.02
+
+#: the most batch keys a runner keeps (one a model, size, quality and creativity
+#: asked for: a few dozen in practice)
+_BATCH_KEYS_MAX = 4096
 
 #: the exit status of a worker process that gave up on a stuck engine
 STUCK_EXIT_CODE = 70
@@ -190,6 +194,8 @@ class JobRunner:
         #: while the next engine call is prepared: resolved once it has begun (see
         #: _next_call)
         self._starting: asyncio.Future[None] | None = None
+        #: batch keys by the request without its prompt and seed (Engine.batch_key)
+        self._keys: dict[GenerationRequest, Hashable | None] = {}
 
     @property
     def batches(self) -> bool:
@@ -315,7 +321,7 @@ class JobRunner:
             job = await self._store.get(job_id)
             if job is None or not job.waiting:
                 return self._nothing([job_id])
-            if await asyncio.to_thread(self._engine.batch_key, _request_of(job)) is None:
+            if await self._batch_key(job) is None:
                 return await self._start_claimed([job_id], starting)
             # Wait out the window for a burst, but no longer than it takes to fill the
             # batch. The window counts from the job's creation, as a batching queue's
@@ -336,6 +342,20 @@ class JobRunner:
                 _resolve(starting)
                 await asyncio.sleep(min(_BATCH_POLL_S, left))
             return await self._start_claimed([job_id, *others], starting)
+
+    async def _batch_key(self, job: Job) -> Hashable | None:
+        """The engine's batch key of ``job``, asked once for each set of the fields
+        it may depend on: an engine in another process answers in a round trip to
+        that process, on the path of every job."""
+        request = _request_of(job)
+        fields = replace(request, prompt="", seed=0)
+        if fields in self._keys:
+            return self._keys[fields]
+        key = await asyncio.to_thread(self._engine.batch_key, request)
+        if len(self._keys) >= _BATCH_KEYS_MAX:
+            self._keys.clear()
+        self._keys[fields] = key
+        return key
 
     async def start_batch(self, job_ids: Sequence[str]) -> Batch:
         """Claim ``job_ids`` (of one batch key) and run those claimed as one engine
