@@ -217,7 +217,8 @@ def test_a_guided_call_encodes_its_negative_prompt_once_per_model(
     tiny_folders: dict[str, Path], tmp_path: Path, family: str, negative_prompt: str | None
 ) -> None:
     """Every guided image needs the negative prompt's conditioning; it is made once
-    per loaded model, and the images are those the pipeline makes from the texts."""
+    per loaded model, a batch's prompts once each, and the images are those the
+    pipeline makes from the texts."""
     from openletz.engines.diffusers.families import FAMILIES, Call
 
     registry = write_registry(tmp_path / "m.yaml", tiny_folders)
@@ -243,10 +244,16 @@ def test_a_guided_call_encodes_its_negative_prompt_once_per_model(
     again = engine.generate_unresized(wanted, lambda u: None)
     assert rows == [1]  # the prompt alone
     rows.clear()
-    batch = [request(family, creativity=3, quality=2, seed=s) for s in (1, 2, 3)]
-    engine.generate_batch_unresized(batch, [lambda u: None] * 3)
-    assert rows == [3]
+    batch = [
+        request(family, creativity=3, quality=2, seed=s, prompt=p)
+        for s, p in ((1, "a fox"), (2, "a lighthouse"), (3, "a fox"))
+    ]
+    together = engine.generate_batch_unresized(batch, [lambda u: None] * 3)
+    assert rows == [2]  # each prompt once
     encoder.forward = forward
+    alone = engine.generate_unresized(batch[2], lambda u: None)
+    assert isinstance(together[2], Image.Image)
+    assert np.abs(pixels(together[2]) - pixels(alone)).max() <= 2
 
     call = Call(
         prompts=[wanted.prompt],

@@ -528,11 +528,13 @@ class DiffusersEngine(Engine):
     ) -> tuple[Conditioning, Conditioning] | None:
         """The texts' conditioning for a guided call, the negative prompt's made once
         per loaded model: every guided image needs it, and it cost as much as the
-        prompt's own. None for an unguided call, or a family whose pipeline encodes
-        the texts itself."""
+        prompt's own. A prompt that comes several times in a batch is encoded once.
+        None for an unguided call, or a family whose pipeline encodes the texts
+        itself."""
         if plan.guidance <= 1:
             return None
         family, negative_prompt = plan.family, plan.model.spec.negative_prompt
+        rows = {prompt: row for row, prompt in enumerate(dict.fromkeys(prompts))}
         with torch.inference_mode():
             negative = loaded.negatives.get(negative_prompt)
             if negative is None:
@@ -540,8 +542,14 @@ class DiffusersEngine(Engine):
                 if made is None or made[1] is None:
                     return None
                 negative = loaded.negatives[negative_prompt] = made[1]
-            made = family.encode(pipe, prompts, None, guided=False)
-        return None if made is None else (made[0], negative)
+            made = family.encode(pipe, list(rows), None, guided=False)
+            if made is None:
+                return None
+            positive = made[0]
+            if len(rows) < len(prompts):
+                index = torch.tensor([rows[prompt] for prompt in prompts])
+                positive = {k: v.index_select(0, index.to(v.device)) for k, v in positive.items()}
+        return positive, negative
 
     def _denoise(
         self,
