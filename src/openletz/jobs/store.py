@@ -196,17 +196,10 @@ def _similar_waiting(base_model: bool) -> sa.Select[Any]:
 _SIMILAR_WAITING = {False: _similar_waiting(False), True: _similar_waiting(True)}
 
 
-def _read_in_thread(
-    engine: sa.Engine, stmt: sa.Executable, values: dict[str, Any]
+def _rows_in_thread(
+    engine: sa.Engine, stmt: sa.Executable, values: dict[str, Any] | None, write: bool
 ) -> Sequence[sa.RowMapping]:
-    with engine.connect() as conn:
-        return conn.execute(stmt, values).mappings().all()
-
-
-def _write_in_thread(
-    engine: sa.Engine, stmt: sa.Executable, values: dict[str, Any] | None
-) -> Sequence[sa.RowMapping]:
-    with engine.begin() as conn:
+    with engine.begin() if write else engine.connect() as conn:
         return conn.execute(stmt, values).mappings().all()
 
 
@@ -232,23 +225,16 @@ class JobStore:
         self._finished: dict[str, tuple[float, Job]] = {}
         self._sync: sa.Engine | Literal[False] | None = False
 
-    async def _write_rows(
-        self, stmt: sa.Executable, values: dict[str, Any] | None = None
+    async def _rows(
+        self, stmt: sa.Executable, values: dict[str, Any] | None = None, *, write: bool = True
     ) -> Sequence[sa.RowMapping]:
+        """A statement's rows, in a transaction of its own when it ``write``s. On
+        SQLite in one thread hop: through aiosqlite, each step of a statement (begin,
+        execute, fetch, commit) is a hop to its connection's thread and back."""
         twin = self._twin()
         if twin is not None:
-            return await asyncio.to_thread(_write_in_thread, twin, stmt, values)
-        async with self._engine.begin() as conn:
-            return (await conn.execute(stmt, values)).mappings().all()
-
-    async def _read_rows(
-        self, stmt: sa.Executable, values: dict[str, Any]
-    ) -> Sequence[sa.RowMapping]:
-        """A read of several rows; on SQLite in one thread hop (see ``_write_rows``)."""
-        twin = self._twin()
-        if twin is not None:
-            return await asyncio.to_thread(_read_in_thread, twin, stmt, values)
-        async with self._engine.connect() as conn:
+            return await asyncio.to_thread(_rows_in_thread, twin, stmt, values, write)
+        async with self._engine.begin() if write else self._engine.connect() as conn:
             return (await conn.execute(stmt, values)).mappings().all()
 
     def _twin(self) -> sa.Engine | None:
@@ -259,7 +245,7 @@ class JobStore:
         return self._sync
 
     async def _one(self, stmt: sa.Executable) -> Job | None:
-        rows = await self._write_rows(stmt)
+        rows = await self._rows(stmt)
         return Job.from_row(rows[0]) if rows else None
 
     async def _ids(self, stmt: sa.Executable) -> list[str]:
@@ -415,7 +401,7 @@ class JobStore:
             "started": now,
             "now": now,
         }
-        rows = await self._write_rows(_CLAIM, values)
+        rows = await self._rows(_CLAIM, values)
         taken = {row["id"]: Job.from_row(row) for row in rows}
         return [taken[i] for i in dict.fromkeys(job_ids) if i in taken]
 
@@ -439,7 +425,7 @@ class JobStore:
             )
             .returning(jobs.c.interrupt_requested)
         )
-        rows = await self._write_rows(stmt)
+        rows = await self._rows(stmt)
         return (bool(rows), bool(rows[0]["interrupt_requested"]) if rows else False)
 
     async def finish(
@@ -610,7 +596,8 @@ class JobStore:
             "creativity": job.creativity,
             "limit": limit,
         }
-        rows = await self._read_rows(_SIMILAR_WAITING[job.base_model is not None], values)
+        stmt = _SIMILAR_WAITING[job.base_model is not None]
+        rows = await self._rows(stmt, values, write=False)
         return [row["id"] for row in rows]
 
     async def waiting(self, *, older_than_s: float = 0.0, limit: int = 1000) -> Sequence[str]:
