@@ -8,7 +8,7 @@ import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Hashable, Iterator, Mapping
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,7 @@ from openletz.jobs.tables import jobs
 from openletz.settings import Settings
 from openletz.storage.local import LocalBlobStore
 from openletz.worker.runner import ENCODED, JobRunner, stuck_grace_s
-from tests.fixtures.engines import _Lockstep
+from tests.fixtures.engines import _Lockstep, slow_decode_in_process
 
 
 @pytest.fixture
@@ -629,3 +629,38 @@ async def test_a_delivery_renders_once_the_next_engine_call_has_begun(
     assert await asyncio.wait_for(b.ended, 10) == {second.id: "ready"}
     # The first image was rendered after the second's call had begun.
     assert seen[0] == [1, 2]
+
+
+@pytest.mark.slow
+async def test_an_engine_that_queues_calls_is_sent_the_next_one_at_the_last_step(
+    store: JobStore, engine: AsyncEngine, blobs: LocalBlobStore, tmp_path: Path
+) -> None:
+    # An engine in a process of its own runs the calls it is sent one after the
+    # other: the worker claims and sends the next job while the last one decodes
+    # (half a second here), and the engine begins it the moment that decode ends.
+    data = tmp_path / "engine"
+    data.mkdir()
+    queued = slow_decode_in_process(Settings(data_dir=data, sandbox_steps_per_quality=1))
+    run = pipelined(store, blobs, queued)
+    try:
+        first, second = [await create(store, engine, seed=s) for s in (1, 2)]
+        a = await asyncio.wait_for(run.start_with_batch(first.id), 30)
+        assert a.claimed == [first.id]
+        b = await asyncio.wait_for(run.start_with_batch(second.id), 30)
+        assert b.claimed == [second.id]
+        assert not a.ended.done()  # still decoding
+        assert await asyncio.wait_for(a.ended, 30) == {first.id: "ready"}
+        assert await asyncio.wait_for(b.ended, 30) == {second.id: "ready"}
+    finally:
+        run.close()
+        queued.close()
+    calls = {}
+    for line in (data / "calls.log").read_text().splitlines():
+        seed, began, ended = line.split()
+        calls[int(seed)] = (float(began), float(ended))
+    started_at = (await row(store, second.id)).started_at
+    assert started_at is not None
+    claimed = started_at.replace(tzinfo=started_at.tzinfo or UTC).timestamp()
+    # The second job was claimed (and its call sent) before the first call ended,
+    # and its call began after that end: one call at a time.
+    assert claimed < calls[1][1] <= calls[2][0]

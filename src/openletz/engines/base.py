@@ -79,6 +79,16 @@ class Engine(ABC):
         """Whether this engine runs compatible requests as one call."""
         return type(self).batch_key is not Engine.batch_key
 
+    @property
+    def queues_calls(self) -> bool:
+        """Whether a call made while another one runs waits its turn inside the
+        engine, and begins the moment that one ends (an engine in a process of its
+        own). A worker then makes its next call at the last step of the one under
+        way, so that the engine does not sit idle between calls while the worker
+        claims and sends the next job. An engine that runs a call in the caller's
+        thread (False) is given one call at a time."""
+        return False
+
     def batch_key(self, request: GenerationRequest) -> Hashable | None:
         """Requests with the same key (not ``None``) may run as one batch. The key
         depends on the request's fields but its prompt and seed (those differ within

@@ -94,6 +94,8 @@ class _Call:
     proc: subprocess.Popen[bytes] | None = None
     #: the jobs (batch indices) whose on_step raised, and what it raised: their outcome
     stopped: dict[int, BaseException] = field(default_factory=dict)
+    #: whether the child runs it in its turn (its main thread), not at once
+    queued: bool = True
 
 
 class EngineProcess(Engine):
@@ -127,6 +129,11 @@ class EngineProcess(Engine):
     def batches(self) -> bool:
         self._ensure_started()
         return self._batches
+
+    @property
+    def queues_calls(self) -> bool:
+        # The child runs its calls one after the other, in the order they came.
+        return True
 
     def load(self) -> None:
         self._ensure_started()
@@ -165,8 +172,8 @@ class EngineProcess(Engine):
         return states
 
     def abandon(self) -> bool:
-        """Kill the child, whatever it is doing: the call under way fails, and the
-        next call starts a fresh child (its models load again)."""
+        """Kill the child, whatever it is doing: the call under way fails, those sent
+        behind it go to a fresh child (its models load again)."""
         with self._lock:
             proc = self._proc
         if proc is not None and proc.poll() is None:
@@ -272,35 +279,41 @@ class EngineProcess(Engine):
     def _call(
         self, method: str, args: tuple[Any, ...], on_steps: Sequence[StepCallback] = ()
     ) -> Any:
-        call = _Call()
+        call = _Call(queued=method not in _QUICK)
         rid = next(self._ids)
         self._calls[rid] = call
         try:
-            try:
-                # Twice at most: a child found dead between the start and the send
-                # (its end just read) is replaced once more.
-                for _ in range(2):
-                    self._ensure_started()
-                    if self._send(("call", rid, method, args), call):
-                        break
-                else:
-                    raise EngineError(f"the {self.name} engine's process is not running")
-            except (OSError, ValueError) as exc:
-                raise EngineError(f"the {self.name} engine's process is gone: {exc}") from exc
-            # The steps' callbacks run here, in the calling thread, as they would
-            # in-process; the reader thread only sorts the messages.
             while True:
-                kind, *rest = call.inbox.get()
-                if kind == "step":
-                    self._step(call, rid, on_steps, *rest)
-                elif kind == "result":
-                    return _outcome(call, rest[0])
-                elif kind == "error":
-                    if method in _GENERATIONS and not _GENERATIONS[method] and call.stopped:
-                        raise call.stopped[0]  # it came first
-                    raise rest[0]
+                self._dispatch(rid, method, args, call)
+                # The steps' callbacks run here, in the calling thread, as they would
+                # in-process; the reader thread only sorts the messages.
+                while True:
+                    kind, *rest = call.inbox.get()
+                    if kind == "step":
+                        self._step(call, rid, on_steps, *rest)
+                    elif kind == "result":
+                        return _outcome(call, rest[0])
+                    elif kind == "error":
+                        if method in _GENERATIONS and not _GENERATIONS[method] and call.stopped:
+                            raise call.stopped[0]  # it came first
+                        raise rest[0]
+                    elif kind == "again":
+                        break  # its child ended before its turn: the next one runs it
         finally:
             self._calls.pop(rid, None)
+
+    def _dispatch(self, rid: int, method: str, args: tuple[Any, ...], call: _Call) -> None:
+        """Send call ``rid`` to the running child, started first if need be."""
+        try:
+            # Twice at most: a child found dead between the start and the send (its
+            # end just read) is replaced once more.
+            for _ in range(2):
+                self._ensure_started()
+                if self._send(("call", rid, method, args), call):
+                    return
+            raise EngineError(f"the {self.name} engine's process is not running")
+        except (OSError, ValueError) as exc:
+            raise EngineError(f"the {self.name} engine's process is gone: {exc}") from exc
 
     def _read(self, proc: subprocess.Popen[bytes], conn: Connection) -> None:
         """The reader thread: sorts answers and steps into their calls' inboxes and
@@ -336,9 +349,19 @@ class EngineProcess(Engine):
             f"The {self.name} engine's process ended unexpectedly (exit code {code}); "
             "it is started again for the next image."
         )
-        for call in list(self._calls.values()):
-            if call.proc is proc:
+        # The child ran its queued calls one at a time, in the order they were sent
+        # (rids grow): the first one still unanswered was under way, and fails; those
+        # sent behind it (a worker sends its next call before the last one ends)
+        # never began, and go to the next child instead.
+        under_way = True
+        for _, call in sorted(self._calls.items()):
+            if call.proc is not proc:
+                continue
+            if call.queued and not under_way:
+                call.inbox.put(("again",))
+            else:
                 call.inbox.put(("error", error))
+                under_way = under_way and not call.queued
 
     def _model_state(self, name: str, state: str, detail: str | None) -> None:
         if state in ("loading", "ready"):

@@ -141,11 +141,31 @@ class _Run:
     outcome: asyncio.Future[Outcome]
     beat: asyncio.Task[None] | None = None
     generating: bool = True
+    #: past its last step, or stopped: the engine has nothing left to do for it but
+    #: to decode and hand over the image
+    passed: bool = False
+
+
+@dataclass(eq=False, slots=True)
+class _Turn:
+    """An engine call's way to its end: ``free`` resolves once each of its jobs is
+    past its last step (or stopped), when an engine that queues calls
+    (``Engine.queues_calls``) may be sent the next one."""
+
+    runs: Sequence[_Run]
+    free: asyncio.Future[None]
+
+    def passed(self, run: _Run) -> None:
+        """``run`` is past its last step (called in the event loop's thread)."""
+        run.passed = True
+        if all(r.passed or r.outcome.done() for r in self.runs):
+            _resolve(self.free)
 
 
 @dataclass(eq=False, slots=True)
 class Batch:
-    """The jobs of one engine call, once the call is over.
+    """The jobs of one engine call, once the engine can take the next call (see
+    :meth:`JobRunner.start_batch`).
 
     ``job_ids`` are those it was started with (the job that was sent first, then the
     waiting ones gathered for its batch), ``claimed`` those this worker took. Their
@@ -166,6 +186,13 @@ def _resolve(future: asyncio.Future[None]) -> None:
 def _settle(future: asyncio.Future[Outcome], outcome: Outcome) -> None:
     if not future.done():
         future.set_result(outcome)
+
+
+def _stopped(turn: _Turn, run: _Run, outcome: Outcome) -> None:
+    """``run`` was dropped at a step with ``outcome``: it ends now, and the engine
+    has nothing left to do for it."""
+    _settle(run.outcome, outcome)
+    turn.passed(run)
 
 
 class JobRunner:
@@ -306,8 +333,8 @@ class JobRunner:
 
     async def start_with_batch(self, job_id: str) -> Batch:
         """Run ``job_id``, with the waiting jobs that ask for the same generation when
-        the engine batches; returns once the engine call is over, while the jobs'
-        delivery goes on (see :class:`Batch`).
+        the engine batches; returns once the engine can take the next call, while
+        the jobs' delivery goes on (see :meth:`start_batch` and :class:`Batch`).
 
         A dispatcher hands a worker one job at a time, so jobs that cannot share a
         batch go to other, idle workers. Here the batch window is waited out (a
@@ -359,7 +386,12 @@ class JobRunner:
 
     async def start_batch(self, job_ids: Sequence[str]) -> Batch:
         """Claim ``job_ids`` (of one batch key) and run those claimed as one engine
-        call; returns once the call is over, while their delivery goes on.
+        call; returns once the engine can take the next call, while their delivery
+        goes on: when the call is over or, with an engine that queues calls
+        (``Engine.queues_calls``), once each job is past its last step. The image's
+        decode is then all that is left of the call, and the next call, sent
+        meanwhile, begins the moment it ends rather than a worker's round trip
+        (the claim, the thread hops) later.
 
         It waits first until the deliveries under way leave room (:meth:`room`).
         Each job's end is recorded as soon as it is known: one interrupted at a
@@ -401,21 +433,31 @@ class JobRunner:
             )
             for job in jobs
         ]
+        turn = _Turn(runs, loop.create_future())
         for run in runs:
             self._runs[run.job.id] = run
             self._sink(run.job.id, 0, None)
             run.beat = asyncio.create_task(self._heartbeat(run.job.id, run.flags))
         ends = [asyncio.create_task(self._end(run)) for run in runs]
+        watch: asyncio.Task[None] | None = None
         try:
-            await self._watch(runs, starting)
+            if self._engine.queues_calls:
+                watch = asyncio.create_task(self._watch(runs, turn, starting))
+                await asyncio.wait({watch, turn.free}, return_when=asyncio.FIRST_COMPLETED)
+                if watch.done():
+                    watch.result()  # raises what the watch raised
+            else:
+                # In this task: its caller's next start then comes before the jobs'
+                # end tasks get to render (see _deliver).
+                await self._watch(runs, turn, starting)
         except BaseException:
+            if watch is not None:
+                watch.cancel()
             for end in ends:
                 end.cancel()
             self._forget(runs)
             raise
-        for run in runs:
-            run.generating = False
-        delivery = asyncio.create_task(self._complete(runs, ends, statuses))
+        delivery = asyncio.create_task(self._complete(runs, ends, statuses, watch))
         self._deliveries.add(delivery)
         delivery.add_done_callback(self._deliveries.discard)
         return Batch(list(job_ids), [run.job.id for run in runs], delivery)
@@ -426,10 +468,19 @@ class JobRunner:
         return Batch(list(job_ids), [], ended)
 
     async def _complete(
-        self, runs: Sequence[_Run], ends: Sequence[asyncio.Task[str]], statuses: dict[str, str]
+        self,
+        runs: Sequence[_Run],
+        ends: Sequence[asyncio.Task[str]],
+        statuses: dict[str, str],
+        watch: asyncio.Task[None] | None,
     ) -> dict[str, str]:
-        """Wait until each job of an engine call has ended (delivered, or failed)."""
+        """Wait until the engine call is over (``watch``, if it was not yet), then
+        until each of its jobs has ended (delivered, or failed)."""
         try:
+            if watch is not None:
+                await watch
+            for run in runs:
+                run.generating = False
             results = await asyncio.gather(*ends, return_exceptions=True)
             for run, result in zip(runs, results, strict=True):
                 if isinstance(result, asyncio.CancelledError):
@@ -460,11 +511,13 @@ class JobRunner:
                 self._progress.pop(run.job.id, None)
                 self._previews.pop(run.job.id, None)
 
-    async def _watch(self, runs: Sequence[_Run], starting: asyncio.Future[None]) -> None:
+    async def _watch(
+        self, runs: Sequence[_Run], turn: _Turn, starting: asyncio.Future[None]
+    ) -> None:
         """Run the engine and settle each job's outcome. Past the job timeout the
         generation is asked to stop at its next step; if it has not stopped after a
         grace, the engine is stuck: its jobs fail, and the worker is to exit."""
-        generation = asyncio.create_task(self._generate(runs, starting))
+        generation = asyncio.create_task(self._generate(runs, turn, starting))
         timeout = self._settings.job_timeout_s
         try:
             done, _ = await asyncio.wait({generation}, timeout=timeout)
@@ -496,11 +549,11 @@ class JobRunner:
             _settle(run.outcome, _Stuck(remedy))
 
     async def _generate(
-        self, runs: Sequence[_Run], starting: asyncio.Future[None]
+        self, runs: Sequence[_Run], turn: _Turn, starting: asyncio.Future[None]
     ) -> list[Outcome]:
         loop = asyncio.get_running_loop()
         requests = [_request_of(run.job) for run in runs]
-        on_steps = [self._step_callback(run, loop) for run in runs]
+        on_steps = [self._step_callback(run, turn, loop) for run in runs]
         engine = self._engine
 
         def call() -> list[Outcome]:
@@ -604,7 +657,7 @@ class JobRunner:
         self._sink(job_id, progress, None)
 
     def _step_callback(
-        self, run: _Run, loop: asyncio.AbstractEventLoop
+        self, run: _Run, turn: _Turn, loop: asyncio.AbstractEventLoop
     ) -> Callable[[StepUpdate], None]:
         job_id, flags = run.job.id, run.flags
         interval = self._settings.preview_interval_s
@@ -618,7 +671,7 @@ class JobRunner:
                 # rest of its batch (if any) goes on.
                 stop = Interrupted()
                 with contextlib.suppress(RuntimeError):  # the event loop is closing
-                    loop.call_soon_threadsafe(_settle, run.outcome, stop)
+                    loop.call_soon_threadsafe(_stopped, turn, run, stop)
                 raise stop
             progress = min(DENOISE_END, DENOISE_END * update.step // max(update.total, 1))
             self._progress[job_id] = progress
@@ -631,6 +684,9 @@ class JobRunner:
                 preview = imaging.preview_jpeg(update.preview(), max_side=max_side)
                 self._previews[job_id] = preview
             self._sink(job_id, progress, preview)
+            if update.step >= update.total:
+                with contextlib.suppress(RuntimeError):
+                    loop.call_soon_threadsafe(turn.passed, run)
 
         return on_step
 

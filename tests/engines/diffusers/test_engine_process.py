@@ -177,6 +177,36 @@ def test_an_interruption_stops_its_job_and_only_its_job(engine: EngineProcess) -
     assert isinstance(out[1], Image.Image)
 
 
+def test_a_call_sent_behind_one_whose_process_dies_runs_in_the_next() -> None:
+    # The child runs the calls it is sent one at a time: one queued behind a call
+    # that kills it never began there, and a fresh child runs it.
+    engine = EngineProcess(
+        Settings(engine="tests.fixtures.engines:exit_in_generate", sandbox_duration_s=1.0),
+        name="sandbox",
+    )
+    try:
+        under_way = threading.Event()
+        failed: list[BaseException] = []
+
+        def poisoned() -> None:
+            try:
+                engine.generate(request(prompt="poison"), lambda u: under_way.set())
+            except EngineError as exc:
+                failed.append(exc)
+
+        thread = threading.Thread(target=poisoned)
+        thread.start()
+        # Step 1 of 18: the child dies at step 2, about 50 ms on.
+        assert under_way.wait(30)
+        image = engine.generate(request(), lambda u: None)
+        thread.join(30)
+        assert image.size == (96, 64)
+        assert len(failed) == 1
+        assert "ended unexpectedly" in str(failed[0])
+    finally:
+        engine.close()
+
+
 def test_an_interrupted_job_stops_in_the_child_within_one_step() -> None:
     engine = EngineProcess(
         Settings(engine="tests.fixtures.engines:counts_steps"), name="counts-steps"
