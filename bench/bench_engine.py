@@ -9,7 +9,8 @@ there as real models are). CPU only; nothing is downloaded.
 serving   Images per second through the whole server (``openletz serve``, engine
           diffusers, one worker, OPENLETZ_BATCH_MAX=1 so that batching does not
           flatter it): N jobs (default 40) of the smallest API size, 520x520,
-          submitted with K in flight (default 2), timed from the first POST to
+          submitted with K in flight (default 4: the server always has a job
+          waiting, as bare calls always have the next), timed from the first POST to
           the last job's end (its row's ``finished_at``). The registry makes 64x64 in
           1 step (the worker resizes to 520x520 as it delivers), hasWatermark
           false, JPEG.
@@ -64,10 +65,11 @@ Full size (--full-size; --device cuda, the default where there is a GPU)
     through the registry as real models ("<arch>-<size>", resolution <size>,
     --steps steps (4), guidance 0 for SD-Turbo and 5 for SDXL).
     serving   a server (one worker, OPENLETZ_BATCH_MAX=1) making --jobs (8) jobs
-              of max(520, size) px, 2 in flight, against the same count of bare
+              of max(520, size) px, 4 in flight, against the same count of bare
               pipe() calls at size x size in this process (same saved weights,
               dtype, steps and guidance, eager): serving_ratio_<arch>_<size>.
-    batching  --batch-jobs (8) concurrent jobs, OPENLETZ_BATCH_MAX=8 against 1:
+    batching  --batch-jobs (8) concurrent jobs, OPENLETZ_BATCH_MAX=8 against 1
+              (all of them in one call, whatever --batch-max says):
               batching_speedup_<arch>_<size>.
     preview   one preview's cost / one denoising step at size x size:
               preview_ratio_<arch>_<size>.
@@ -129,6 +131,8 @@ API_SIZE = 520  # the smallest size the API takes
 #: the machine little (at 3 ms it took 6 ms of CPU an image, beside a server on two
 #: cores). The times measured come from the jobs' rows, not from these reads.
 POLL_S = 0.01
+#: serving: the jobs a client keeps unfinished
+IN_FLIGHT = 4
 #: settings every server of this run gets (--engine-in-worker)
 COMMON_SETTINGS: dict[str, Any] = {}
 
@@ -559,7 +563,7 @@ while time.monotonic() < until:
 
 
 def bench_batching(args: argparse.Namespace, models: Models, budget: Budget) -> dict[str, Any]:
-    n = args.batch_jobs
+    n, most = args.batch_jobs, args.batch_max
     res, steps, g = args.batch_resolution, args.batch_steps, args.guidance
     registry = models.registry(
         "batching", {"tiny-sd": {"family": "sd", "resolution": res, "steps": steps, "guidance": g}}
@@ -568,7 +572,7 @@ def bench_batching(args: argparse.Namespace, models: Models, budget: Budget) -> 
         f"batching: {n} concurrent jobs of {API_SIZE}x{API_SIZE} (different seeds and "
         f"prompts), tiny SD at "
         f"resolution {res} ({res // 8}x{res // 8} latents), {steps} steps, guidance {g:g} "
-        f"(CFG: two UNet rows per image); OPENLETZ_BATCH_MAX={n} with a "
+        f"(CFG: two UNet rows per image); OPENLETZ_BATCH_MAX={most} with a "
         f"{args.batch_window:g} s window against OPENLETZ_BATCH_MAX=1, one worker each",
         flush=True,
     )
@@ -576,7 +580,7 @@ def bench_batching(args: argparse.Namespace, models: Models, budget: Budget) -> 
         models.root,
         registry,
         {
-            f"batch{n}": {"batch_max": n, "batch_window_s": args.batch_window},
+            f"batch{most}": {"batch_max": most, "batch_window_s": args.batch_window},
             "batch1": {"batch_max": 1, "batch_window_s": args.batch_window},
         },
     )
@@ -598,7 +602,7 @@ def bench_batching(args: argparse.Namespace, models: Models, budget: Budget) -> 
                 times[name].append(elapsed)
                 calls[name].append(bursts(c.started(ids)))
             print(
-                f"  round {len(times['single'])}: max {n} {times['batched'][-1]:.2f} s "
+                f"  round {len(times['single'])}: max {most} {times['batched'][-1]:.2f} s "
                 f"(~{calls['batched'][-1]} engine call(s)), max 1 {times['single'][-1]:.2f} s",
                 flush=True,
             )
@@ -652,7 +656,7 @@ def bench_batching(args: argparse.Namespace, models: Models, budget: Budget) -> 
     engine_speedup = med(in_single) / med(in_batch)
     rows = [
         (f"seconds for {n} images", "rounds", "median", "min", "max"),
-        stats_row(f"server, OPENLETZ_BATCH_MAX={n}", times["batched"]),
+        stats_row(f"server, OPENLETZ_BATCH_MAX={most}", times["batched"]),
         stats_row("server, OPENLETZ_BATCH_MAX=1", times["single"]),
         stats_row(f"engine in-process, generate_batch of {n}", in_batch),
         stats_row(f"engine in-process, {n} x generate", in_single),
@@ -663,7 +667,7 @@ def bench_batching(args: argparse.Namespace, models: Models, budget: Budget) -> 
     print(
         f"batching speedup through the server {speedup:.2f}x ({verdict(ok)} "
         f"target >= {args.target_batching:g}x); engine alone {engine_speedup:.2f}x; engine calls "
-        f"per round with max {n} (from claim times): {calls['batched']}; model: tiny SD, "
+        f"per round with max {most} (from claim times): {calls['batched']}; model: tiny SD, "
         f"resolution {res}, {steps} steps, guidance {g:g}{h.steal_note(stolen)}"
     )
     print(
@@ -673,6 +677,7 @@ def bench_batching(args: argparse.Namespace, models: Models, budget: Budget) -> 
             batched_s=med(times["batched"]),
             single_s=med(times["single"]),
             jobs=n,
+            batch_max=most,
             resolution=res,
             steps=steps,
             rounds=len(times["single"]),
@@ -1131,7 +1136,9 @@ def main() -> int:
     parser.add_argument(
         "-n", "--jobs", type=int, default=None, help="serving: jobs per round (40; full size 8)"
     )
-    parser.add_argument("--in-flight", type=int, default=2, help="serving: jobs in flight (2)")
+    parser.add_argument(
+        "--in-flight", type=int, default=IN_FLIGHT, help=f"serving: jobs in flight ({IN_FLIGHT})"
+    )
     parser.add_argument(
         "--rounds", type=int, default=None, help="serving, batching: rounds (3; full size 2)"
     )
@@ -1140,6 +1147,13 @@ def main() -> int:
     )
     parser.add_argument(
         "--batch-jobs", type=int, default=None, help="batching: jobs (16; full size 8)"
+    )
+    parser.add_argument(
+        "--batch-max",
+        type=int,
+        default=None,
+        help="batching: OPENLETZ_BATCH_MAX of the batching server (the server's default, "
+        "4; --full-size batches all its jobs at once)",
     )
     parser.add_argument(
         "--batch-resolution", type=int, default=64, help="batching: model resolution (64)"
@@ -1192,6 +1206,10 @@ def main() -> int:
     if args.engine_in_worker:
         COMMON_SETTINGS["engine_process"] = False
     h.ensure_venv()
+    if args.batch_max is None:
+        from openletz.settings import Settings
+
+        args.batch_max = Settings.model_fields["batch_max"].default
     defaults: dict[str, Any] = {"jobs": 40, "rounds": 3, "batch_jobs": 16, "max_seconds": 170.0}
     if args.full_size:
         defaults |= FULL_SIZE_DEFAULTS | {"steps": 4, "sizes": "512,1024"}

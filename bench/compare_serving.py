@@ -7,7 +7,7 @@
 Each NAME=SRC starts one ``openletz serve`` (diffusers engine, one worker,
 OPENLETZ_BATCH_MAX=1) whose processes import openletz from SRC (``PYTHONPATH``),
 as ``bench_engine.py --only serving`` does: tiny SD generating 64x64 in --steps
-steps, jobs of 520x520 with 2 in flight. Rounds of --jobs jobs go to each server
+steps, jobs of 520x520 with --in-flight in flight. Rounds of --jobs jobs go to each server
 in turn, the order reversed every round, so that the machine's drift falls on
 every tree alike. Printed: images per second of each round, then for each tree
 its median and its ratio to the first tree's (of the medians, and the median of
@@ -36,6 +36,9 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=6, help="rounds per tree (6)")
     parser.add_argument("-n", "--jobs", type=int, default=40, help="jobs per round (40)")
     parser.add_argument("--steps", type=int, default=1, help="denoising steps (1)")
+    parser.add_argument(
+        "--in-flight", type=int, default=be.IN_FLIGHT, help=f"jobs in flight ({be.IN_FLIGHT})"
+    )
     args = parser.parse_args()
     trees: dict[str, Path] = {}
     for item in args.trees:
@@ -74,7 +77,9 @@ def main() -> int:
             names = list(trees)
             for r in range(args.rounds):
                 for name in names if r % 2 == 0 else names[::-1]:
-                    elapsed, _ = be.run_jobs(clients[name], range(seed, seed + args.jobs), 2)
+                    elapsed, _ = be.run_jobs(
+                        clients[name], range(seed, seed + args.jobs), args.in_flight
+                    )
                     seed += args.jobs
                     rates[name].append(args.jobs / elapsed)
                 shown = ", ".join(f"{n} {rates[n][-1]:.1f}" for n in names)
