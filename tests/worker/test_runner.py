@@ -664,3 +664,33 @@ async def test_an_engine_that_queues_calls_is_sent_the_next_one_at_the_last_step
     # The second job was claimed (and its call sent) before the first call ended,
     # and its call began after that end: one call at a time.
     assert claimed < calls[1][1] <= calls[2][0]
+
+
+@pytest.mark.slow
+async def test_a_call_still_decoding_takes_no_room_from_the_deliveries(
+    store: JobStore, engine: AsyncEngine, tmp_path: Path
+) -> None:
+    # With a backlog of 1: the first job is being delivered (its storing held), the
+    # second decoding. The third is claimed and sent all the same: the second call
+    # is not over, so it is not delivering yet.
+    data = tmp_path / "engine"
+    data.mkdir()
+    queued = slow_decode_in_process(Settings(data_dir=data, sandbox_steps_per_quality=1))
+    blobs = _GatedBlobs(tmp_path / "b")
+    run = pipelined(store, blobs, queued, delivery_backlog=1)
+    try:
+        jobs = [await create(store, engine, seed=s) for s in (1, 2, 3)]
+        a = await asyncio.wait_for(run.start_with_batch(jobs[0].id), 30)
+        assert run.delivering == 0  # decoding
+        b = await asyncio.wait_for(run.start_with_batch(jobs[1].id), 30)
+        await blobs.until_entered(1)
+        assert run.delivering == 1
+        c = await asyncio.wait_for(run.start_with_batch(jobs[2].id), 5)
+        assert c.claimed == [jobs[2].id]
+        assert not b.ended.done()
+        blobs.gate.set()
+        for batch, job in zip((a, b, c), jobs, strict=True):
+            assert await asyncio.wait_for(batch.ended, 30) == {job.id: "ready"}
+    finally:
+        run.close()
+        queued.close()

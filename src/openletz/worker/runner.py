@@ -216,6 +216,9 @@ class JobRunner:
         self._progress: dict[str, int] = {}
         self._previews: dict[str, bytes] = {}
         self._deliveries: set[asyncio.Task[dict[str, str]]] = set()
+        #: those of _deliveries whose engine call is not over yet (an engine that
+        #: queues calls was sent the next one at its last step)
+        self._generating: set[asyncio.Task[dict[str, str]]] = set()
         self._stuck = False
         self._render_pool: ThreadPoolExecutor | None = None
         #: while the next engine call is prepared: resolved once it has begun (see
@@ -289,16 +292,21 @@ class JobRunner:
 
     @property
     def delivering(self) -> int:
-        """Engine calls whose jobs are still being delivered."""
-        return sum(not task.done() for task in self._deliveries)
+        """Engine calls that are over and whose jobs are still being delivered."""
+        return len(self._delivering())
+
+    def _delivering(self) -> list[asyncio.Task[dict[str, str]]]:
+        return [t for t in self._deliveries if not t.done() and t not in self._generating]
 
     async def room(self) -> None:
         """Wait until at most ``delivery_backlog`` earlier engine calls are still
         delivering: the backpressure that bounds a worker's memory when its
-        deliveries are slower than its engine."""
+        deliveries are slower than its engine. A call still decoding (sent the next
+        call at its last step) is not delivering yet: counted, it would hold up the
+        very call it made room for."""
         limit = self._settings.delivery_backlog
         while True:
-            pending = [task for task in self._deliveries if not task.done()]
+            pending = self._delivering()
             if len(pending) <= limit:
                 return
             await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
@@ -458,6 +466,8 @@ class JobRunner:
             self._forget(runs)
             raise
         delivery = asyncio.create_task(self._complete(runs, ends, statuses, watch))
+        if watch is not None and not watch.done():
+            self._generating.add(delivery)
         self._deliveries.add(delivery)
         delivery.add_done_callback(self._deliveries.discard)
         return Batch(list(job_ids), [run.job.id for run in runs], delivery)
@@ -478,7 +488,10 @@ class JobRunner:
         until each of its jobs has ended (delivered, or failed)."""
         try:
             if watch is not None:
-                await watch
+                try:
+                    await watch
+                finally:
+                    self._generating.discard(asyncio.current_task())
             for run in runs:
                 run.generating = False
             results = await asyncio.gather(*ends, return_exceptions=True)
