@@ -44,7 +44,7 @@ class _Worker:
     engine: str | None = None
     #: the jobs it was sent that have not ended (generating, or delivering)
     jobs: set[str] = field(default_factory=set)
-    #: those of ``jobs`` whose engine call is over (Free came, Done not yet)
+    #: those of ``jobs`` the worker is done generating (Free came, Done not yet)
     delivering: set[str] = field(default_factory=set)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     #: its engine's models: name -> (state, detail), all at start, then each change

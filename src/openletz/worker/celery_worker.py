@@ -182,10 +182,11 @@ class _Worker:
     async def run(self, runner: JobRunner, job_id: str) -> Batch:
         """Run ``job_id`` with the waiting jobs that can share its batch (the broker
         hands a worker one message at a time; the others' messages come later, find
-        their jobs claimed, and do nothing). Returns once the engine call is over
-        and the deliveries under way leave room for the next one, while this one's
-        goes on. A stuck engine ends the process here, before the message is
-        acknowledged: its redelivery finds the job failed."""
+        their jobs claimed, and do nothing). Returns once the engine can take the
+        next call (``JobRunner.start_batch``) and the deliveries under way leave
+        room for it, while this one's goes on. A stuck engine ends the process
+        here, before the message is acknowledged: its redelivery finds the job
+        failed."""
         batch = await runner.start_with_batch(job_id)
         await runner.exit_if_stuck()
         batch.ended.add_done_callback(_log_ends)

@@ -1,7 +1,8 @@
 """The worker process that ``openletz serve`` starts: ``python -m openletz.worker``.
 
 Commands arrive on stdin and events leave on stdout (see ``protocol``). A job
-sent (Run) is answered twice: Free once its engine call is over, so that the
+sent (Run) is answered twice: Free once the engine can take the next call (its
+call is over, or past its last step: ``JobRunner.start_batch``), so that the
 dispatcher sends the next job while this one is delivered, and Done once it has
 ended. When stdin closes, the API process is gone: the worker stops its
 generation, lets its deliveries finish (a few seconds at most), hands back the
