@@ -96,6 +96,10 @@ class _Call:
     stopped: dict[int, BaseException] = field(default_factory=dict)
     #: whether the child runs it in its turn (its main thread), not at once
     queued: bool = True
+    #: its result or error came (its caller may not have read it yet)
+    answered: bool = False
+    #: whether a caller reads its inbox (a replacement child's preload has none)
+    attended: bool = True
 
 
 class EngineProcess(Engine):
@@ -258,8 +262,12 @@ class EngineProcess(Engine):
         if self._starts > 1 and self._settings.preload_models.strip():
             # A replacement loads the models the worker preloads, as the first child
             # did when the worker started: before the next call, which waits for it.
-            # Nobody waits for this call's answer (an error of its own is logged there).
-            send.send(("call", next(self._ids), "load", ()))
+            # Nobody waits for this call's answer (an error of its own is logged there);
+            # it is kept among the calls until then, so that if it ends the child,
+            # it is the call under way (see _read).
+            rid = next(self._ids)
+            self._calls[rid] = _Call(proc=proc, attended=False)
+            send.send(("call", rid, "load", ()))
         threading.Thread(
             target=self._read, args=(proc, recv), name="engine-process-reader", daemon=True
         ).start()
@@ -325,7 +333,10 @@ class EngineProcess(Engine):
                 if kind in ("step", "result", "error"):
                     call = self._calls.get(msg[1])
                     if call is not None:
+                        call.answered = call.answered or kind != "step"
                         call.inbox.put((kind, *msg[2:]))
+                        if call.answered and not call.attended:
+                            self._calls.pop(msg[1], None)
                 elif kind == "state":
                     self._model_state(*msg[1:])
         except (EOFError, OSError):
@@ -354,9 +365,11 @@ class EngineProcess(Engine):
         # sent behind it (a worker sends its next call before the last one ends)
         # never began, and go to the next child instead.
         under_way = True
-        for _, call in sorted(self._calls.items()):
-            if call.proc is not proc:
+        for rid, call in sorted(self._calls.items()):
+            if call.proc is not proc or call.answered:
                 continue
+            if not call.attended:
+                self._calls.pop(rid, None)
             if call.queued and not under_way:
                 call.inbox.put(("again",))
             else:
