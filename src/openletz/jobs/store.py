@@ -124,6 +124,9 @@ _RECONCILE_LOCK = 0x6F6C7A01
 
 
 _BY_ID = jobs.select().where(jobs.c.id == sa.bindparam("job_id"))
+#: one statement for every new job, its values passed beside it: a statement made
+#: with its values is compiled again (its cache key walked) on every POST
+_INSERT = jobs.insert().returning(*jobs.c)
 
 # A job waits for a worker while it is new, or while it is "in progress" with no
 # lease owner: its worker stopped and recovery put it back for another attempt.
@@ -244,8 +247,8 @@ class JobStore:
                 weakref.finalize(self, self._sync.dispose)
         return self._sync
 
-    async def _one(self, stmt: sa.Executable) -> Job | None:
-        rows = await self._rows(stmt)
+    async def _one(self, stmt: sa.Executable, values: dict[str, Any] | None = None) -> Job | None:
+        rows = await self._rows(stmt, values)
         return Job.from_row(rows[0]) if rows else None
 
     async def _ids(self, stmt: sa.Executable) -> list[str]:
@@ -266,7 +269,7 @@ class JobStore:
             "created_at": now,
             "updated_at": now,
         }
-        job = await self._one(jobs.insert().values(values).returning(*jobs.c))
+        job = await self._one(_INSERT, values)
         assert job is not None
         return job
 
