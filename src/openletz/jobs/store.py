@@ -127,6 +127,17 @@ _BY_ID = jobs.select().where(jobs.c.id == sa.bindparam("job_id"))
 #: one statement for every new job, its values passed beside it: a statement made
 #: with its values is compiled again (its cache key walked) on every POST
 _INSERT = jobs.insert().returning(*jobs.c)
+#: the end of a ready job (JobStore.finish): the SET clause is made of the keys of
+#: the values passed with it, the job and its owner bound as b_id and b_owner
+_FINISH_READY = (
+    jobs.update()
+    .where(
+        jobs.c.id == sa.bindparam("b_id"),
+        jobs.c.lease_owner == sa.bindparam("b_owner"),
+        jobs.c.status.in_([s.value for s in sources_of(JobStatus.READY)]),
+    )
+    .returning(*jobs.c)
+)
 
 # A job waits for a worker while it is new, or while it is "in progress" with no
 # lease owner: its worker stopped and recovery put it back for another attempt.
@@ -466,6 +477,9 @@ class JobStore:
                 values["preview"] = preview
         if engine is not None:
             values["engine"] = engine
+        if status is JobStatus.READY:
+            # Every finished image's end: one statement, its values passed beside it.
+            return await self._one(_FINISH_READY, {**values, "b_id": job_id, "b_owner": owner})
         stmt = (
             jobs.update()
             .where(
