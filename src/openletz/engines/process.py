@@ -370,11 +370,13 @@ class EngineProcess(Engine):
                 continue
             if not call.attended:
                 self._calls.pop(rid, None)
-            if call.queued and not under_way:
-                call.inbox.put(("again",))
-            else:
+            if not call.queued:  # answered at once, beside the queue
                 call.inbox.put(("error", error))
-                under_way = under_way and not call.queued
+            elif under_way:
+                call.inbox.put(("error", error))
+                under_way = False
+            else:
+                call.inbox.put(("again",))
 
     def _model_state(self, name: str, state: str, detail: str | None) -> None:
         if state in ("loading", "ready"):
