@@ -7,7 +7,10 @@
 Each NAME=SRC starts one ``openletz serve`` (diffusers engine, one worker,
 OPENLETZ_BATCH_MAX=1) whose processes import openletz from SRC (``PYTHONPATH``),
 as ``bench_engine.py --only serving`` does: tiny SD generating 64x64 in --steps
-steps, jobs of 520x520 with --in-flight in flight. Rounds of --jobs jobs go to each server
+steps, jobs of 520x520 with --in-flight in flight. With --batch-max above 1 the
+servers batch, and each job has a prompt of its own, as in ``bench_engine.py
+--only batching``: ``--batch-max 4 -n 16 --in-flight 16 --steps 4`` times its
+batched rounds. Rounds of --jobs jobs go to each server
 in turn, the order reversed every round, so that the machine's drift falls on
 every tree alike. Printed: images per second of each round, then for each tree
 its median and its ratio to the first tree's (of the medians, and the median of
@@ -37,6 +40,13 @@ def main() -> int:
     parser.add_argument("-n", "--jobs", type=int, default=40, help="jobs per round (40)")
     parser.add_argument("--steps", type=int, default=1, help="denoising steps (1)")
     parser.add_argument(
+        "--resolution", type=int, default=64, help="the model's resolution (64; 8 px a latent)"
+    )
+    parser.add_argument("--batch-max", type=int, default=1, help="OPENLETZ_BATCH_MAX (1)")
+    parser.add_argument(
+        "--batch-window", type=float, default=0.2, help="OPENLETZ_BATCH_WINDOW_S (0.2)"
+    )
+    parser.add_argument(
         "--in-flight", type=int, default=be.IN_FLIGHT, help=f"jobs in flight ({be.IN_FLIGHT})"
     )
     args = parser.parse_args()
@@ -65,9 +75,18 @@ def main() -> int:
         models = be.Models(h.temp_dir("openletz-compare-serving-"))
         registry = models.registry(
             "serving",
-            {"tiny-sd": {"family": "sd", "resolution": 64, "steps": args.steps, "guidance": 7.5}},
+            {
+                "tiny-sd": {
+                    "family": "sd",
+                    "resolution": args.resolution,
+                    "steps": args.steps,
+                    "guidance": 7.5,
+                }
+            },
         )
-        servers = be.start_servers(models.root, registry, {n: {"batch_max": 1} for n in trees})
+        settings = {"batch_max": args.batch_max, "batch_window_s": args.batch_window}
+        make = be.body if args.batch_max <= 1 else be.body_own_prompt
+        servers = be.start_servers(models.root, registry, dict.fromkeys(trees, settings))
         clients = {n: s.client() for n, s in zip(trees, servers, strict=True)}
         rates: dict[str, list[float]] = {n: [] for n in trees}
         try:
@@ -78,7 +97,7 @@ def main() -> int:
             for r in range(args.rounds):
                 for name in names if r % 2 == 0 else names[::-1]:
                     elapsed, _ = be.run_jobs(
-                        clients[name], range(seed, seed + args.jobs), args.in_flight
+                        clients[name], range(seed, seed + args.jobs), args.in_flight, make=make
                     )
                     seed += args.jobs
                     rates[name].append(args.jobs / elapsed)
