@@ -304,6 +304,68 @@ def test_render_versions_watermark_is_optional() -> None:
     assert _decode(marked["640x640"]).getextrema() != ((0, 0), (0, 0), (0, 0))
 
 
+def test_render_versions_resize_from_the_smaller_source() -> None:
+    # An engine's 700x400 picture, resized to the 1600x900 asked for: each smaller
+    # version is one resampling of the engine's pixels where those are fewer than
+    # the version before's, and the original stays the resized picture.
+    source = _picture(700, 400)
+    image = imaging.resize(source, (1600, 900))
+    versions = imaging.render_versions(
+        image, has_watermark=False, watermark_text="", fmt="png", quality=90, source=source
+    )
+    assert versions["original"] == imaging.encode(image, "png", quality=90)
+    assert versions["1920x1920"] is versions["original"]
+    v640 = imaging.resize(source, (640, 360))
+    assert versions["640x640"] == imaging.encode(v640, "png", quality=90)
+    # The 640 version has fewer pixels than the source: the next comes from it.
+    v240 = imaging.resize(v640, (240, 135))
+    assert versions["240x240"] == imaging.encode(v240, "png", quality=90)
+    assert versions["96x96"] == imaging.encode(imaging.resize(v240, (96, 54)), "png", quality=90)
+    # The sizes are those of the versions without a source.
+    plain = imaging.render_versions(
+        image, has_watermark=False, watermark_text="", fmt="png", quality=90
+    )
+    assert {n: _decode(d).size for n, d in versions.items()} == {
+        n: _decode(d).size for n, d in plain.items()
+    }
+
+
+def test_render_versions_of_a_larger_source_come_from_the_image() -> None:
+    source = _picture(800, 800)
+    image = imaging.resize(source, (520, 520))
+    with_source = imaging.render_versions(
+        image, has_watermark=False, watermark_text="", fmt="png", quality=90, source=source
+    )
+    plain = imaging.render_versions(
+        image, has_watermark=False, watermark_text="", fmt="png", quality=90
+    )
+    assert with_source == plain
+
+
+def test_watermarked_versions_come_from_the_watermarked_original() -> None:
+    source = Image.new("RGB", (200, 200), (0, 0, 0))
+    image = imaging.resize(source, (800, 800))
+    marked = imaging.render_versions(
+        image, has_watermark=True, watermark_text="openletz", fmt="png", quality=90, source=source
+    )
+    assert marked == imaging.render_versions(
+        image, has_watermark=True, watermark_text="openletz", fmt="png", quality=90
+    )
+    assert _decode(marked["640x640"]).getextrema() != ((0, 0), (0, 0), (0, 0))
+
+
+def test_preview_jpeg_resizes_from_the_smaller_source() -> None:
+    source = _picture(64, 48)
+    image = imaging.resize(source, (1600, 1200))
+    preview = imaging.preview_jpeg(image, max_side=256, source=source)
+    assert _decode(preview).size == (256, 192)
+    assert preview == imaging.preview_jpeg(imaging.resize(source, (256, 192)), max_side=256)
+    # A source with more pixels than the image is not used.
+    assert imaging.preview_jpeg(source, max_side=32, source=image) == imaging.preview_jpeg(
+        source, max_side=32
+    )
+
+
 def test_render_versions_leaves_the_input_alone() -> None:
     image = _picture(700, 500)
     snapshot = image.tobytes()

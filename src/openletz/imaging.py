@@ -243,6 +243,14 @@ def encode(image: Image.Image, fmt: str, *, quality: int) -> bytes:
     return _saved(image, "PNG", compress_level=3)
 
 
+def _smaller(source: Image.Image | None, image: Image.Image) -> Image.Image:
+    """Whichever of ``image`` and ``source`` (the picture ``image`` was resized from,
+    if any) has fewer pixels: the one to resize from next."""
+    if source is None or source.width * source.height >= image.width * image.height:
+        return image
+    return source
+
+
 def render_versions(
     image: Image.Image,
     *,
@@ -250,15 +258,22 @@ def render_versions(
     watermark_text: str,
     fmt: str,
     quality: int,
+    source: Image.Image | None = None,
 ) -> dict[str, bytes]:
     """Encoded ``original`` plus every :data:`VERSION_BOXES` entry, in that order.
 
     The watermark goes on the full-size picture first, so every version carries it.
+    ``source`` is the picture that ``image`` was resized from, if it was (an
+    engine's output at its model's own size): an unwatermarked image's versions are
+    resized from it wherever it has fewer pixels than the version before, which is
+    less work and one resampling of the engine's own pixels instead of two.
     """
     _format(fmt)  # fail before any work on an unknown format
     original = watermark(image, watermark_text) if has_watermark else image
+    if has_watermark:
+        source = None  # the versions carry the watermark: they come from the original
     out = {"original": encode(original, fmt, quality=quality)}
-    source, last = original, out["original"]
+    last_image, last = original, out["original"]
     for name, box in VERSION_BOXES.items():
         # Each version is resized from the previous (larger) one rather than from the
         # original: the boxes shrink by 3x or less per step, so the source always has
@@ -268,16 +283,24 @@ def render_versions(
         size = fitted_size(original.size, box)
         # Never enlarged: a box at least as large as the picture holds the same
         # pixels, and gets the same bytes instead of another encode.
-        if size != source.size:
-            source = resize(source, size)
-            last = encode(source, fmt, quality=quality)
+        if size != last_image.size:
+            last_image = resize(_smaller(source, last_image), size)
+            last = encode(last_image, fmt, quality=quality)
         out[name] = last
     return out
 
 
-def preview_jpeg(image: Image.Image, max_side: int = 256, quality: int = 70) -> bytes:
-    """A small, quickly made JPEG of ``image`` (longest side at most ``max_side``)."""
+def preview_jpeg(
+    image: Image.Image,
+    max_side: int = 256,
+    quality: int = 70,
+    *,
+    source: Image.Image | None = None,
+) -> bytes:
+    """A small, quickly made JPEG of ``image`` (longest side at most ``max_side``),
+    resized from ``source`` (the picture ``image`` was resized from) where that has
+    fewer pixels, as :func:`render_versions` does."""
     size = fitted_size(image.size, (max_side, max_side))
     # Called several times a second while a picture is being generated, and once
     # for the finished one (the job's preview).
-    return _saved(to_rgb(resize(image, size)), "JPEG", quality=quality)
+    return _saved(to_rgb(resize(_smaller(source, image), size)), "JPEG", quality=quality)

@@ -528,6 +528,31 @@ async def test_the_delivery_makes_the_last_resize_that_the_engine_left(
     assert blobs.path(done.image_versions["original"]).read_bytes() == expected
 
 
+async def test_the_smaller_pictures_are_resized_from_the_engines_own(
+    store: JobStore, engine: AsyncEngine, tmp_path: Path
+) -> None:
+    # The engine's picture (300x225) has fewer pixels than the 600x450 asked for: the
+    # 240x240 version and the job's preview are resized from it, once, not from the
+    # picture enlarged to 600x450.
+    blobs = LocalBlobStore(tmp_path / "b", public_base_url="http://x", secret="s", url_ttl_s=60)
+    half = _HalfSize()
+    made = settings()
+    job = await create(store, engine, width=600, height=450)
+    assert await pipelined(store, blobs, half).run(job.id) == "ready"
+    done = await row(store, job.id)
+    assert done.image_versions is not None
+    stored = {n: blobs.path(k).read_bytes() for n, k in done.image_versions.items()}
+
+    def encoded(image: Image.Image) -> bytes:
+        return imaging.encode(image, made.image_format, quality=made.jpeg_quality)
+
+    assert stored["original"] == encoded(imaging.resize(half.last, (600, 450)))
+    v240 = imaging.resize(half.last, (240, 180))
+    assert stored["240x240"] == encoded(v240)
+    assert stored["96x96"] == encoded(imaging.resize(v240, (96, 72)))
+    assert done.preview == imaging.preview_jpeg(imaging.resize(half.last, (256, 192)))
+
+
 async def test_deliveries_render_on_a_few_threads_of_their_own(
     store: JobStore, engine: AsyncEngine, blobs: LocalBlobStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -709,18 +709,21 @@ class JobRunner:
         fmt = settings.image_format
 
         def render() -> tuple[dict[str, bytes], bytes]:
-            final = image
             size = (job.width, job.height)
-            if final.size != size:
-                final = imaging.resize(final, size)
+            # The smaller pictures come from the engine's own where that is smaller
+            # than the requested size's: fewer pixels to resample, and once.
+            source = None if image.size == size else image
+            final = image if source is None else imaging.resize(image, size)
             versions = imaging.render_versions(
                 final,
                 has_watermark=job.has_watermark,
                 watermark_text=settings.watermark_text,
                 fmt=fmt,
                 quality=settings.jpeg_quality,
+                source=source,
             )
-            return versions, imaging.preview_jpeg(final, max_side=settings.preview_max_side)
+            preview = imaging.preview_jpeg(final, max_side=settings.preview_max_side, source=source)
+            return versions, preview
 
         starting = self._starting
         if starting is not None and not starting.done():
