@@ -41,9 +41,11 @@ batching  16 concurrent compatible jobs (same size and steps, different seeds
           is most of a job's work, and each call's fixed cost is a large part of a
           UNet step, as on a GPU at small batches (at 128 one CPU thread is
           compute-bound from one image on, and batching gains little there, in the
-          engine alone as through the server). Context: the same on the engine
-          in-process (``generate_batch`` of 16 against 16 ``generate`` calls), and
-          the share of CPU time the hypervisor took meanwhile.
+          engine alone as through the server). Context: a third server with
+          --batch-max (the server's default, 4: batches of 4 one after the other,
+          ``batching_speedup_max4``), the same on the engine in-process
+          (``generate_batch`` of 16 against 16 ``generate`` calls), and the share of
+          CPU time the hypervisor took meanwhile.
 
 preview   The cost of one live preview as the worker makes it
           (``update.preview()`` then ``imaging.preview_jpeg(..., max_side=256)``)
@@ -571,30 +573,31 @@ while time.monotonic() < until:
 
 
 def bench_batching(args: argparse.Namespace, models: Models, budget: Budget) -> dict[str, Any]:
-    n, most = args.batch_jobs, args.batch_max
+    n, default = args.batch_jobs, args.batch_max
     res, steps, g = args.batch_resolution, args.batch_steps, args.guidance
     registry = models.registry(
         "batching", {"tiny-sd": {"family": "sd", "resolution": res, "steps": steps, "guidance": g}}
     )
+    # The batch sizes measured: all the jobs in one call (the measurement), the
+    # server's default (context, where it is another), and one job a call.
+    sizes = list(dict.fromkeys([n, default, 1]))
     print(
         f"batching: {n} concurrent jobs of {API_SIZE}x{API_SIZE} (different seeds and "
         f"prompts), tiny SD at "
         f"resolution {res} ({res // 8}x{res // 8} latents), {steps} steps, guidance {g:g} "
-        f"(CFG: two UNet rows per image); OPENLETZ_BATCH_MAX={most} with a "
-        f"{args.batch_window:g} s window against OPENLETZ_BATCH_MAX=1, one worker each",
+        f"(CFG: two UNet rows per image); OPENLETZ_BATCH_MAX="
+        f"{' and '.join(str(m) for m in sizes[:-1])} with a {args.batch_window:g} s window "
+        f"against OPENLETZ_BATCH_MAX=1, one worker each, rounds alternated",
         flush=True,
     )
-    batched, single = start_servers(
+    servers = start_servers(
         models.root,
         registry,
-        {
-            f"batch{most}": {"batch_max": most, "batch_window_s": args.batch_window},
-            "batch1": {"batch_max": 1, "batch_window_s": args.batch_window},
-        },
+        {f"batch{m}": {"batch_max": m, "batch_window_s": args.batch_window} for m in sizes},
     )
-    clients = {"batched": batched.client(), "single": single.client()}
-    times: dict[str, list[float]] = {"batched": [], "single": []}
-    calls: dict[str, list[int]] = {"batched": [], "single": []}
+    clients = {m: server.client() for m, server in zip(sizes, servers, strict=True)}
+    times: dict[int, list[float]] = {m: [] for m in sizes}
+    calls: dict[int, list[int]] = {m: [] for m in sizes}
     seed = 0
     cpu0 = None
     try:
@@ -603,22 +606,27 @@ def bench_batching(args: argparse.Namespace, models: Models, budget: Budget) -> 
             run_jobs(c, range(seed + 1, seed + 1 + n), n, make=body_own_prompt)
             seed += n + 1
         cpu0 = h.cpu_times()
-        while budget.more(len(times["single"]), args.rounds):
-            for name, c in clients.items():
-                elapsed, ids = run_jobs(c, range(seed, seed + n), n, make=body_own_prompt)
+        while budget.more(len(times[1]), args.rounds):
+            order = sizes if len(times[1]) % 2 == 0 else sizes[::-1]
+            for m in order:
+                elapsed, ids = run_jobs(clients[m], range(seed, seed + n), n, make=body_own_prompt)
                 seed += n
-                times[name].append(elapsed)
-                calls[name].append(bursts(c.started(ids)))
+                times[m].append(elapsed)
+                calls[m].append(bursts(clients[m].started(ids)))
             print(
-                f"  round {len(times['single'])}: max {most} {times['batched'][-1]:.2f} s "
-                f"(~{calls['batched'][-1]} engine call(s)), max 1 {times['single'][-1]:.2f} s",
+                f"  round {len(times[1])}: "
+                + ", ".join(
+                    f"max {m} {times[m][-1]:.2f} s"
+                    + (f" (~{calls[m][-1]} engine call(s))" if m > 1 else "")
+                    for m in sizes
+                ),
                 flush=True,
             )
     finally:
         for c in clients.values():
             c.close()
-        batched.proc.stop()
-        single.proc.stop()
+        for server in servers:
+            server.proc.stop()
     stolen = h.steal_share(cpu0, h.cpu_times())
 
     # Context: the engine alone, in this process.
@@ -660,35 +668,39 @@ def bench_batching(args: argparse.Namespace, models: Models, budget: Budget) -> 
     engine.close()
 
     med = statistics.median
-    speedup = med(times["single"]) / med(times["batched"])
+    speedup = med(times[1]) / med(times[n])
     engine_speedup = med(in_single) / med(in_batch)
     rows = [
         (f"seconds for {n} images", "rounds", "median", "min", "max"),
-        stats_row(f"server, OPENLETZ_BATCH_MAX={most}", times["batched"]),
-        stats_row("server, OPENLETZ_BATCH_MAX=1", times["single"]),
+        *(stats_row(f"server, OPENLETZ_BATCH_MAX={m}", times[m]) for m in sizes),
         stats_row(f"engine in-process, generate_batch of {n}", in_batch),
         stats_row(f"engine in-process, {n} x generate", in_single),
     ]
     print()
     print(h.table(rows))
     ok = speedup >= args.target_batching
+    context = {m: med(times[1]) / med(times[m]) for m in sizes[1:-1]}
     print(
-        f"batching speedup through the server {speedup:.2f}x ({verdict(ok)} "
-        f"target >= {args.target_batching:g}x); engine alone {engine_speedup:.2f}x; engine calls "
-        f"per round with max {most} (from claim times): {calls['batched']}; model: tiny SD, "
-        f"resolution {res}, {steps} steps, guidance {g:g}{h.steal_note(stolen)}"
+        f"batching speedup through the server {speedup:.2f}x with the {n} jobs in one call "
+        f"({verdict(ok)} target >= {args.target_batching:g}x)"
+        + "".join(f"; with OPENLETZ_BATCH_MAX={m} {x:.2f}x" for m, x in context.items())
+        + f"; engine alone {engine_speedup:.2f}x; engine calls per round (from claim times): "
+        + ", ".join(f"max {m} {calls[m]}" for m in sizes[:-1])
+        + f"; model: tiny SD, resolution {res}, {steps} steps, guidance {g:g}"
+        + h.steal_note(stolen)
     )
     print(
         h.result_line(
             batching_speedup=speedup,
+            **{f"batching_speedup_max{m}": x for m, x in context.items()},
             batching_engine_speedup=engine_speedup,
-            batched_s=med(times["batched"]),
-            single_s=med(times["single"]),
+            batched_s=med(times[n]),
+            single_s=med(times[1]),
             jobs=n,
-            batch_max=most,
+            batch_max=n,
             resolution=res,
             steps=steps,
-            rounds=len(times["single"]),
+            rounds=len(times[1]),
             **({} if stolen is None else {"cpu_stolen": stolen}),
         ),
         flush=True,
@@ -1160,8 +1172,9 @@ def main() -> int:
         "--batch-max",
         type=int,
         default=None,
-        help="batching: OPENLETZ_BATCH_MAX of the batching server (the server's default, "
-        "4; --full-size batches all its jobs at once)",
+        help="batching: OPENLETZ_BATCH_MAX of a second batching server, measured beside "
+        "the one that takes all the jobs in one call (the server's default, 4; not with "
+        "--full-size)",
     )
     parser.add_argument(
         "--batch-resolution", type=int, default=64, help="batching: model resolution (64)"
