@@ -199,6 +199,23 @@ def test_wrong_method_is_405(client: httpx.Client, method: str, path: str) -> No
     assert resp.headers.get("allow")
 
 
+@pytest.mark.parametrize(
+    ("path", "allow"),
+    [
+        ("/images", "GET, POST"),
+        ("/images/some-id", "DELETE, GET"),
+        ("/images/some-id/interruption", "PUT"),
+        ("/health", "GET"),
+    ],
+)
+def test_a_405_allows_every_method_of_the_path(client: httpx.Client, path: str, allow: str) -> None:
+    # Starlette names only the first route whose path matched; a path may have
+    # several, and Allow must list them all.
+    resp = client.request("PATCH", path)
+    assert_error(resp, 405)
+    assert resp.headers["allow"] == allow
+
+
 # -- random input never makes the server fail -----------------------------------------------
 
 KNOWN = [

@@ -15,6 +15,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
+from starlette.routing import Match
 
 from openletz.api.responses import JSON
 
@@ -81,6 +82,20 @@ def _rule(kind: Any, ctx: dict[str, Any], msg: str) -> str:
     return msg.replace("Input should be", "must be", 1)
 
 
+def allowed_methods(request: Request) -> list[str]:
+    """Every method that some route of the app takes at the request's path.
+
+    Starlette answers a wrong method with the methods of the first route whose
+    path matched, while a path may have several routes (``GET`` and ``POST
+    /images``): ``Allow`` must name them all (RFC 9110, 15.5.6)."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        taken = getattr(route, "methods", None)
+        if taken and route.matches(request.scope)[0] is not Match.NONE:
+            methods.update(taken)
+    return sorted(methods)
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api(_: Request, exc: ApiError) -> Response:
@@ -91,11 +106,13 @@ def install(app: FastAPI) -> None:
         return error_response(400, describe_validation(exc.errors()))
 
     @app.exception_handler(HTTPException)
-    async def _http(_: Request, exc: HTTPException) -> Response:
+    async def _http(request: Request, exc: HTTPException) -> Response:
         message = exc.detail if isinstance(exc.detail, str) else HTTPStatus(exc.status_code).phrase
         if exc.status_code == 404 and message == "Not Found":
             message = "no such route"
         headers = dict(exc.headers) if exc.headers else None
+        if exc.status_code == 405 and (methods := allowed_methods(request)):
+            headers = {**(headers or {}), "Allow": ", ".join(methods)}
         return error_response(exc.status_code, message, headers)
 
     @app.exception_handler(Exception)
