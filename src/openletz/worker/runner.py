@@ -56,8 +56,10 @@ STORED = 99
 #: called from any thread with (job id, progress, preview JPEG or None)
 ProgressSink = Callable[[str, int, bytes | None], None]
 
-#: how often the waiting jobs are counted while a batch window is open
-_BATCH_POLL_S = 0.02
+#: how often the waiting jobs are counted while a batch window is open: a burst's
+#: batch starts at most this long after its last job came (one indexed query a
+#: poll, and only while a window is open)
+_BATCH_POLL_S = 0.005
 
 #: the most batch keys a runner keeps (one a model, size, quality and creativity
 #: asked for: a few dozen in practice)
