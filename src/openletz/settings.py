@@ -7,6 +7,7 @@ and the defaults below, which are the embedded single-machine setup.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import secrets
 from functools import cached_property
@@ -14,7 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -24,6 +25,23 @@ from pydantic_settings import (
 ImageFormat = Literal["jpeg", "png", "webp"]
 
 _DEV_SECRET = "openletz-development-secret"
+
+
+#: Where no webhook goes by default: the link-local networks, where clouds serve
+#: each machine's metadata and credentials (169.254.169.254; fd00:ec2::254 on
+#: AWS), and addresses that name no single host (unspecified, multicast,
+#: broadcast). Loopback and private networks are where a self-hosted server's
+#: receivers usually are; an operator whose users should not reach them adds them.
+DEFAULT_BLOCKED_NETWORKS = (
+    "0.0.0.0/8",
+    "169.254.0.0/16",
+    "224.0.0.0/4",
+    "255.255.255.255/32",
+    "::/128",
+    "fe80::/10",
+    "ff00::/8",
+    "fd00:ec2::254/128",
+)
 
 
 class _ConfigFileSource(PydanticBaseSettingsSource):
@@ -171,6 +189,16 @@ class Settings(BaseSettings):
     webhook_interval_s: float = Field(
         0.5, gt=0, description="How often an API server looks for webhooks to send."
     )
+    webhook_blocked_networks: list[str] = Field(
+        list(DEFAULT_BLOCKED_NETWORKS),
+        max_length=256,
+        description="Networks (CIDR, a JSON list) that no webhook is sent to, checked "
+        "on the address connected to; by default the link-local networks, where "
+        "clouds serve instance metadata and credentials, and addresses of no single "
+        'host. Add "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7" and '
+        '"127.0.0.0/8", "::1/128" to keep users\' webhooks out of private networks; '
+        "[] blocks nothing.",
+    )
     webhook_retry_delays_s: list[float] = Field(
         [5.0, 30.0, 120.0, 600.0, 1800.0, 3600.0, 7200.0],
         max_length=20,
@@ -282,6 +310,18 @@ class Settings(BaseSettings):
             _ConfigFileSource(settings_cls),
             file_secret_settings,
         )
+
+    @field_validator("webhook_blocked_networks")
+    @classmethod
+    def _networks(cls, networks: list[str]) -> list[str]:
+        for network in networks:
+            try:
+                ipaddress.ip_network(network.strip(), strict=False)
+            except ValueError:
+                raise ValueError(
+                    f"{network!r} is not an IP network (CIDR, such as 10.0.0.0/8) or address"
+                ) from None
+        return networks
 
     @model_validator(mode="after")
     def _refuse_default_secret_in_production(self) -> Settings:

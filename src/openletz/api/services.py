@@ -94,6 +94,7 @@ class Services:
             retry_delays_s=settings.webhook_retry_delays_s,
             timeout_s=settings.webhook_timeout_s,
             interval_s=settings.webhook_interval_s,
+            blocked_networks=settings.webhook_blocked_networks,
         )
         await services.webhooks.start()
         return services

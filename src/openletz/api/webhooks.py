@@ -14,6 +14,12 @@ is tried again after 5 s, 30 s, 2 min, 10 min, 30 min, 1 h, 2 h (by default:
 ``OPENLETZ_WEBHOOK_RETRY_DELAYS_S``), then given up.
 With ``OPENLETZ_WEBHOOK_SECRET`` set, each delivery carries
 ``X-Openletz-Signature: t=<unix time>,v1=<hex HMAC-SHA256 of "<t>.<body>">``.
+
+A webhook is never sent to an address in ``OPENLETZ_WEBHOOK_BLOCKED_NETWORKS``
+(by default the link-local networks, where clouds serve each machine's metadata
+and credentials, and addresses of no single host): anyone with a key names the
+URL, and the server would otherwise fetch from inside its own network for them.
+The check is made on the very address connected to (:class:`GuardedTransport`).
 """
 
 from __future__ import annotations
@@ -22,20 +28,112 @@ import asyncio
 import contextlib
 import hashlib
 import hmac
+import ipaddress
 import logging
+import socket
 import time
-from collections.abc import Callable, Sequence
+import urllib.request
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 
 import httpx
 
 from openletz import __version__
 from openletz.api.presenter import Presenter
 from openletz.jobs.store import JobStore
+from openletz.settings import DEFAULT_BLOCKED_NETWORKS
 
 log = logging.getLogger(__name__)
 
 #: how long a claimed delivery is held before another sender may take it over
 CLAIM_S = 60.0
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+#: (host, port) -> the host's addresses, in the order to try them
+Resolver = Callable[[str, int], Awaitable[list[str]]]
+
+
+def parse_networks(networks: Iterable[str]) -> list[Network]:
+    """``networks`` (CIDR, or a single address) as networks; a bad one raises
+    ``ValueError`` naming it."""
+    parsed = []
+    for network in networks:
+        try:
+            parsed.append(ipaddress.ip_network(network.strip(), strict=False))
+        except ValueError:
+            raise ValueError(f"{network!r} is not an IP network (CIDR) or address") from None
+    return parsed
+
+
+def _proxied() -> bool:
+    """Whether the environment names a proxy for HTTP or HTTPS requests."""
+    return any(scheme in urllib.request.getproxies() for scheme in ("http", "https", "all"))
+
+
+class BlockedAddress(httpx.TransportError):
+    """The webhook's host is, or resolves only to, addresses of blocked networks."""
+
+
+async def _system_resolve(host: str, port: int) -> list[str]:
+    infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return list(dict.fromkeys(str(info[4][0]) for info in infos))
+
+
+class GuardedTransport(httpx.AsyncBaseTransport):
+    """Sends each request to the first address of its host that no blocked network
+    holds, by connecting to that address itself (the ``Host`` header and the TLS
+    server name stay the host's): a name that resolves to another address by the
+    time of the connection, as DNS rebinding makes it, cannot lead it elsewhere."""
+
+    def __init__(
+        self,
+        blocked: Sequence[Network],
+        inner: httpx.AsyncBaseTransport | None = None,
+        *,
+        resolve: Resolver = _system_resolve,
+    ) -> None:
+        self._blocked = list(blocked)
+        self._inner = inner or httpx.AsyncHTTPTransport()
+        self._resolve = resolve
+
+    def blocks(self, address: str) -> bool:
+        ip: Address = ipaddress.ip_address(address.split("%", 1)[0])  # no IPv6 zone
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped  # ::ffff:169.254.169.254 reaches 169.254.169.254
+        return any(ip.version == net.version and ip in net for net in self._blocked)
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        host = request.url.host
+        port = request.url.port or (443 if request.url.scheme == "https" else 80)
+        try:
+            ipaddress.ip_address(host)
+            addresses = [host]
+        except ValueError:
+            try:
+                addresses = await self._resolve(host, port)
+            except OSError as exc:
+                raise httpx.ConnectError(f"{host}: {exc}", request=request) from exc
+        allowed = [a for a in addresses if not self.blocks(a)]
+        if not allowed:
+            where = host if addresses == [host] else f"{host} ({', '.join(addresses)})"
+            raise BlockedAddress(
+                f"{where} is in a blocked network (OPENLETZ_WEBHOOK_BLOCKED_NETWORKS)",
+                request=request,
+            )
+        if allowed[0] != host:
+            headers = request.headers.copy()
+            headers["Host"] = request.url.netloc.decode("ascii")
+            request = httpx.Request(
+                request.method,
+                request.url.copy_with(host=allowed[0]),
+                headers=headers,
+                stream=request.stream,
+                extensions={**request.extensions, "sni_hostname": host},
+            )
+        return await self._inner.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
 
 
 def sign(secret: str, timestamp: int, body: bytes) -> str:
@@ -71,8 +169,12 @@ class WebhookSender:
         interval_s: float = 0.5,
         concurrency: int = 8,
         transport: httpx.AsyncBaseTransport | None = None,
+        blocked_networks: Sequence[str] = DEFAULT_BLOCKED_NETWORKS,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        """``transport`` is what sends the requests (tests give one of their own);
+        with none, a :class:`GuardedTransport` keeps them out of
+        ``blocked_networks``."""
         self._jobs = jobs
         self._presenter = presenter
         self._secret = secret
@@ -81,6 +183,17 @@ class WebhookSender:
         self._interval_s = interval_s
         self._concurrency = concurrency
         self._clock = clock
+        networks = parse_networks(blocked_networks)
+        if transport is None and networks:
+            if _proxied():
+                # The proxy connects, and is where such a rule belongs; httpx
+                # uses the environment's proxies only with its own transport.
+                log.warning(
+                    "webhooks go through the proxy of this environment, which must "
+                    "keep them out of OPENLETZ_WEBHOOK_BLOCKED_NETWORKS itself"
+                )
+            else:
+                transport = GuardedTransport(networks)
         self._http = httpx.AsyncClient(
             timeout=timeout_s,
             follow_redirects=False,
@@ -143,7 +256,11 @@ class WebhookSender:
             if self._secret:
                 headers["X-Openletz-Signature"] = sign(self._secret, int(self._clock()), body)
             outcome = await self._post(job.webhook_url, body, headers)
-            if outcome.startswith("2"):
+            if outcome.startswith(BlockedAddress.__name__):
+                # Trying again would only find the same addresses.
+                await self._jobs.end_webhook(job.id, f"not sent: {outcome}")
+                log.warning("webhook of %s not sent: %s", job.id, outcome)
+            elif outcome.startswith("2"):
                 await self._jobs.end_webhook(job.id, f"delivered: HTTP {outcome}")
             elif outcome == "410":
                 await self._jobs.end_webhook(job.id, "the receiver answered 410 Gone")
