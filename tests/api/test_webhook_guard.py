@@ -88,6 +88,16 @@ async def test_a_name_is_checked_on_every_address_it_resolves_to() -> None:
     assert sent.content == b'{"x": 1}'
 
 
+async def test_a_unicode_name_is_resolved_and_sent_as_idna() -> None:
+    client, seen, asked = _guard({"xn--bcher-kva.example": ["192.0.2.8"]})
+    async with client:
+        assert (await client.post("https://bücher.example/hook")).status_code == 204
+    assert asked == ["xn--bcher-kva.example:443"]
+    (sent,) = seen.requests
+    assert sent.headers["host"] == "xn--bcher-kva.example"
+    assert sent.extensions["sni_hostname"] == "xn--bcher-kva.example"
+
+
 async def test_loopback_and_private_receivers_are_reached_unless_blocked() -> None:
     client, seen, _ = _guard({"hooks.internal": ["10.1.2.3"]})
     async with client:

@@ -103,7 +103,7 @@ class GuardedTransport(httpx.AsyncBaseTransport):
         return any(ip.version == net.version and ip in net for net in self._blocked)
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        host = request.url.host
+        host = request.url.raw_host.decode("ascii")  # a unicode name as IDNA
         port = request.url.port or (443 if request.url.scheme == "https" else 80)
         try:
             ipaddress.ip_address(host)
