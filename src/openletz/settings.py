@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import secrets
+from collections.abc import Iterable
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
@@ -42,6 +43,22 @@ DEFAULT_BLOCKED_NETWORKS = (
     "ff00::/8",
     "fd00:ec2::254/128",
 )
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def parse_networks(networks: Iterable[str]) -> list[Network]:
+    """``networks`` (CIDR, or single addresses) as networks; a bad one raises
+    ``ValueError`` naming it."""
+    parsed: list[Network] = []
+    for network in networks:
+        try:
+            parsed.append(ipaddress.ip_network(network.strip(), strict=False))
+        except ValueError:
+            raise ValueError(
+                f"{network!r} is not an IP network (CIDR, such as 10.0.0.0/8) or address"
+            ) from None
+    return parsed
 
 
 class _ConfigFileSource(PydanticBaseSettingsSource):
@@ -314,13 +331,7 @@ class Settings(BaseSettings):
     @field_validator("webhook_blocked_networks")
     @classmethod
     def _networks(cls, networks: list[str]) -> list[str]:
-        for network in networks:
-            try:
-                ipaddress.ip_network(network.strip(), strict=False)
-            except ValueError:
-                raise ValueError(
-                    f"{network!r} is not an IP network (CIDR, such as 10.0.0.0/8) or address"
-                ) from None
+        parse_networks(networks)
         return networks
 
     @model_validator(mode="after")

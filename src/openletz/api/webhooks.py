@@ -33,36 +33,23 @@ import logging
 import socket
 import time
 import urllib.request
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 import httpx
 
 from openletz import __version__
 from openletz.api.presenter import Presenter
 from openletz.jobs.store import JobStore
-from openletz.settings import DEFAULT_BLOCKED_NETWORKS
+from openletz.settings import DEFAULT_BLOCKED_NETWORKS, Network, parse_networks
 
 log = logging.getLogger(__name__)
 
 #: how long a claimed delivery is held before another sender may take it over
 CLAIM_S = 60.0
 
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 #: (host, port) -> the host's addresses, in the order to try them
 Resolver = Callable[[str, int], Awaitable[list[str]]]
-
-
-def parse_networks(networks: Iterable[str]) -> list[Network]:
-    """``networks`` (CIDR, or a single address) as networks; a bad one raises
-    ``ValueError`` naming it."""
-    parsed = []
-    for network in networks:
-        try:
-            parsed.append(ipaddress.ip_network(network.strip(), strict=False))
-        except ValueError:
-            raise ValueError(f"{network!r} is not an IP network (CIDR) or address") from None
-    return parsed
 
 
 def _proxied() -> bool:
@@ -105,14 +92,7 @@ class GuardedTransport(httpx.AsyncBaseTransport):
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         host = request.url.raw_host.decode("ascii")  # a unicode name as IDNA
         port = request.url.port or (443 if request.url.scheme == "https" else 80)
-        try:
-            ipaddress.ip_address(host)
-            addresses = [host]
-        except ValueError:
-            try:
-                addresses = await self._resolve(host, port)
-            except OSError as exc:
-                raise httpx.ConnectError(f"{host}: {exc}", request=request) from exc
+        addresses = [host] if _is_address(host) else await self._addresses(request, host, port)
         allowed = [a for a in addresses if not self.blocks(a)]
         if not allowed:
             where = host if addresses == [host] else f"{host} ({', '.join(addresses)})"
@@ -132,8 +112,25 @@ class GuardedTransport(httpx.AsyncBaseTransport):
             )
         return await self._inner.handle_async_request(request)
 
+    async def _addresses(self, request: httpx.Request, host: str, port: int) -> list[str]:
+        try:
+            addresses = await self._resolve(host, port)
+        except OSError as exc:
+            raise httpx.ConnectError(f"{host}: {exc}", request=request) from exc
+        if not addresses:
+            raise httpx.ConnectError(f"{host} resolves to no address", request=request)
+        return addresses
+
     async def aclose(self) -> None:
         await self._inner.aclose()
+
+
+def _is_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def sign(secret: str, timestamp: int, body: bytes) -> str:
