@@ -8,6 +8,7 @@ and the defaults below, which are the embedded single-machine setup.
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import secrets
 from collections.abc import Iterable
@@ -364,7 +365,12 @@ class Settings(BaseSettings):
         rows = ["| variable | default | meaning |", "| --- | --- | --- |"]
         for name, field in cls.model_fields.items():
             default = field.default
-            shown = "(empty)" if default == "" else str(default)
+            if default == "":
+                shown = "(empty)"
+            elif isinstance(default, list):
+                shown = json.dumps(default)  # as the variable takes it
+            else:
+                shown = str(default)
             if name == "secret_key":
                 shown = "(a development value)"
             rows.append(f"| `OPENLETZ_{name.upper()}` | `{shown}` | {field.description} |")
