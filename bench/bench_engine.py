@@ -21,8 +21,8 @@ serving   Images per second through the whole server (``openletz serve``, engine
           ``serving_ratio`` = the median over rounds of server / bare pipeline
           calls. Target: >= 0.9.
           Context, ``serving_ratio_with_imaging``: against bare calls each followed
-          by the resize to 520x520, ``imaging.render_versions`` (JPEG) and the
-          job's preview, the imaging work the worker does for every image; and
+          by ``imaging.render_delivery`` (JPEG), the imaging work the worker does
+          for every image (the resize to 520x520, the versions, the preview); and
           ``bare_beside_imaging_ratio``: bare calls while another process does one
           image's imaging (resize, versions, preview) per bare call's time, on the
           other cores, against bare calls alone (alternated in slices). That is the
@@ -462,16 +462,14 @@ def bench_serving(args: argparse.Namespace, models: Models, budget: Budget) -> d
                     generator=torch.Generator("cpu").manual_seed(i),
                 ).images[0]
             if with_imaging:
-                final = imaging.resize(image, (API_SIZE, API_SIZE))
-                imaging.render_versions(
-                    final,
+                imaging.render_delivery(
+                    image,
+                    (API_SIZE, API_SIZE),
                     has_watermark=False,
                     watermark_text="openletz",
                     fmt="jpeg",
                     quality=92,
-                    source=image,
                 )
-                imaging.preview_jpeg(final, source=image)
         return n / (time.perf_counter() - t0)
 
     try:
@@ -558,11 +556,9 @@ size, period, until = int(sys.argv[1]), float(sys.argv[2]), time.monotonic() + f
 pixels = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
 small, due = Image.fromarray(pixels), time.monotonic()
 while time.monotonic() < until:
-    big = imaging.resize(small, (size, size))
-    imaging.render_versions(
-        big, has_watermark=False, watermark_text="", fmt="jpeg", quality=92, source=small
+    imaging.render_delivery(
+        small, (size, size), has_watermark=False, watermark_text="", fmt="jpeg", quality=92
     )
-    imaging.preview_jpeg(big, source=small)
     # Never a burst to catch up (after a SIGSTOP): one image a period from now on.
     due = max(due + period, time.monotonic())
     time.sleep(max(0.0, due - time.monotonic()))

@@ -9,7 +9,7 @@ OPENLETZ_BATCH_MAX=1) whose processes import openletz from SRC (``PYTHONPATH``),
 as ``bench_engine.py --only serving`` does: tiny SD generating 64x64 in --steps
 steps, jobs of 520x520 with --in-flight in flight. With --batch-max above 1 the
 servers batch, and each job has a prompt of its own, as in ``bench_engine.py
---only batching``: ``--batch-max 4 -n 16 --in-flight 16 --steps 4`` times its
+--only batching``: ``--batch-max 16 -n 16 --in-flight 16 --steps 4`` times its
 batched rounds. Rounds of --jobs jobs go to each server
 in turn, the order reversed every round, so that the machine's drift falls on
 every tree alike. Printed: images per second of each round, then for each tree

@@ -290,6 +290,33 @@ def render_versions(
     return out
 
 
+def render_delivery(
+    image: Image.Image,
+    size: tuple[int, int],
+    *,
+    has_watermark: bool,
+    watermark_text: str,
+    fmt: str,
+    quality: int,
+    preview_max_side: int = 256,
+) -> tuple[dict[str, bytes], bytes]:
+    """What a worker makes of an engine's picture: the encoded versions
+    (:func:`render_versions`) of ``image`` resized to exactly ``size``, and the
+    job's preview. The smaller pictures are resized from ``image`` itself wherever
+    it has fewer pixels: one resampling of the engine's own, and fewer pixels."""
+    source = None if image.size == size else image
+    final = image if source is None else resize(image, size)
+    versions = render_versions(
+        final,
+        has_watermark=has_watermark,
+        watermark_text=watermark_text,
+        fmt=fmt,
+        quality=quality,
+        source=source,
+    )
+    return versions, preview_jpeg(final, max_side=preview_max_side, source=source)
+
+
 def preview_jpeg(
     image: Image.Image,
     max_side: int = 256,

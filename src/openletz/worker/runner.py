@@ -711,21 +711,15 @@ class JobRunner:
         fmt = settings.image_format
 
         def render() -> tuple[dict[str, bytes], bytes]:
-            size = (job.width, job.height)
-            # The smaller pictures come from the engine's own where that is smaller
-            # than the requested size's: fewer pixels to resample, and once.
-            source = None if image.size == size else image
-            final = image if source is None else imaging.resize(image, size)
-            versions = imaging.render_versions(
-                final,
+            return imaging.render_delivery(
+                image,
+                (job.width, job.height),
                 has_watermark=job.has_watermark,
                 watermark_text=settings.watermark_text,
                 fmt=fmt,
                 quality=settings.jpeg_quality,
-                source=source,
+                preview_max_side=settings.preview_max_side,
             )
-            preview = imaging.preview_jpeg(final, max_side=settings.preview_max_side, source=source)
-            return versions, preview
 
         starting = self._starting
         if starting is not None and not starting.done():
