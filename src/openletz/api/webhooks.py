@@ -252,12 +252,15 @@ class WebhookSender:
             }
             if self._secret:
                 headers["X-Openletz-Signature"] = sign(self._secret, int(self._clock()), body)
-            outcome = await self._post(job.webhook_url, body, headers)
-            if outcome.startswith(BlockedAddress.__name__):
+            try:
+                outcome = await self._post(job.webhook_url, body, headers)
+            except BlockedAddress as exc:
                 # Trying again would only find the same addresses.
-                await self._jobs.end_webhook(job.id, f"not sent: {outcome}")
-                log.warning("webhook of %s not sent: %s", job.id, outcome)
-            elif outcome.startswith("2"):
+                reason = "not sent: " + f"{type(exc).__name__}: {exc}"[:500]
+                await self._jobs.end_webhook(job.id, reason)
+                log.warning("webhook of %s %s", job.id, reason)
+                return True
+            if outcome.startswith("2"):
                 await self._jobs.end_webhook(job.id, f"delivered: HTTP {outcome}")
             elif outcome == "410":
                 await self._jobs.end_webhook(job.id, "the receiver answered 410 Gone")
@@ -273,9 +276,12 @@ class WebhookSender:
             self._sending.discard(job_id)
 
     async def _post(self, url: str, body: bytes, headers: dict[str, str]) -> str:
-        """The status code as text, or what went wrong."""
+        """The status code as text, or what went wrong; raises
+        :class:`BlockedAddress`, which no later try changes."""
         try:
             resp = await self._http.post(url, content=body, headers=headers)
+        except BlockedAddress:
+            raise
         except httpx.HTTPError as exc:
             return f"{type(exc).__name__}: {exc}"[:500] or type(exc).__name__
         return (
